@@ -1,0 +1,387 @@
+"""
+Datalist helpers shared by dataset preparation, training and evaluation: BTCV label names, checks of
+image/label NIfTI pairs, case splits and atomic JSON writing.
+
+A datalist is a MONAI decathlon-style JSON file whose paths are relative to the dataset folder, so that
+``monai.data.load_decathlon_datalist(path, data_list_key="training", base_dir=dataset_dir)`` resolves them::
+
+    {
+        "description": "...",
+        "labels": {"0": "background", "1": "spleen", ...},
+        "split": "paper",
+        "training": [{"image": "Training/img/img0001.nii.gz", "label": "Training/label/label0001.nii.gz"}, ...],
+        "validation": [...],
+        "testing": [{"image": "Testing/img/img0061.nii.gz"}, ...]
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+__all__ = [
+    "BTCV_LABELS",
+    "PAPER_TRAIN_CASES",
+    "PAPER_VAL_CASES",
+    "SPLITS",
+    "DataValidationError",
+    "check_image_label_pair",
+    "validate_datalist",
+    "write_json_atomic",
+    "split_cases",
+    "make_datalist",
+]
+
+#: BTCV label index -> organ name (SPEC.md section 3). The single source of truth for label names.
+BTCV_LABELS: dict[int, str] = {
+    0: "background",
+    1: "spleen",
+    2: "right_kidney",
+    3: "left_kidney",
+    4: "gallbladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    9: "inferior_vena_cava",
+    10: "portal_and_splenic_veins",
+    11: "pancreas",
+    12: "right_adrenal_gland",
+    13: "left_adrenal_gland",
+}
+
+#: The reference code's fixed BTCV split: train on cases 1-10 and 21-31, test on 32-40.
+PAPER_TRAIN_CASES: tuple[int, ...] = tuple(range(1, 11)) + tuple(range(21, 32))
+PAPER_VAL_CASES: tuple[int, ...] = tuple(range(32, 41))
+
+SPLITS = ("paper", "random", "kfold")
+
+AFFINE_ATOL = 1e-3
+_MAX_LISTED_VALUES = 20
+# what nibabel raises for missing, truncated or corrupt files
+_READ_ERRORS = (ImageFileError, OSError, EOFError, zlib.error, ValueError, MemoryError)
+
+
+class DataValidationError(ValueError):
+    """
+    Raised when dataset files fail validation. The message lists every problem, one per line, each line
+    starting with the file it concerns; the problems are also available as the list ``problems``.
+    """
+
+    def __init__(self, problems: Sequence[str], header: str = "dataset validation failed"):
+        self.problems = list(problems)
+        files = {p.split(": ", 1)[0] for p in self.problems}
+        lines = [f"{header}: {len(self.problems)} problem(s) in {len(files)} file(s):"]
+        lines += [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+def _spatial_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
+    """The 3D shape of a NIfTI image, allowing a trailing singleton 4th dimension; None if not 3D."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    return shape if len(shape) == 3 else None
+
+
+def _load_header(path: str, problems: list[str]) -> Any | None:
+    """nibabel image (header only, data not read) or None, appending a problem when it cannot be opened."""
+    if not os.path.isfile(path):
+        problems.append(f"{path}: file not found")
+        return None
+    try:
+        return nib.load(path)
+    except _READ_ERRORS as e:
+        problems.append(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})")
+        return None
+
+
+def _load_data(img: Any, path: str, problems: list[str]) -> np.ndarray | None:
+    """The image's data array (scaling applied) or None, appending a problem for truncated/corrupt data."""
+    try:
+        return np.asanyarray(img.dataobj)
+    except _READ_ERRORS as e:
+        problems.append(f"{path}: unreadable or truncated data ({type(e).__name__}: {e})")
+        return None
+
+
+def _format_values(values: np.ndarray) -> str:
+    listed = ", ".join(f"{v:g}" for v in values[:_MAX_LISTED_VALUES])
+    more = len(values) - _MAX_LISTED_VALUES
+    return listed + (f" (and {more} more)" if more > 0 else "")
+
+
+def check_image_label_pair(image: str, label: str | None, num_classes: int) -> list[str]:
+    """
+    Check one image (and optionally its label) NIfTI file.
+
+    Checks: the files exist and can be read completely (missing, truncated or corrupt files are reported,
+    never raised); both are 3D (a trailing singleton 4th dimension is allowed); image and label have the
+    same shape and affine (``np.allclose``, ``atol=1e-3``); label values are integers in
+    ``[0, num_classes - 1]``; the image has no NaN/Inf and is not one constant value.
+
+    Args:
+        image: path of the image file.
+        label: path of the label file, or None for an unlabelled (test) image.
+        num_classes: number of label classes including background.
+
+    Returns:
+        problem strings, each ``"<file path>: <problem>"``; empty when the pair is fine.
+
+    Examples::
+
+        problems = check_image_label_pair("img0001.nii.gz", "label0001.nii.gz", num_classes=14)
+    """
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    problems: list[str] = []
+
+    img = _load_header(image, problems)
+    img_shape = None
+    if img is not None:
+        img_shape = _spatial_shape(img.shape)
+        if img_shape is None:
+            problems.append(f"{image}: image is not 3D (shape {tuple(img.shape)}, {len(img.shape)}D)")
+        data = _load_data(img, image, problems)
+        if data is not None and img_shape is not None and data.size > 0:
+            if np.issubdtype(data.dtype, np.floating):
+                n_bad = int(np.count_nonzero(~np.isfinite(data)))
+                if n_bad:
+                    problems.append(f"{image}: image contains {n_bad} NaN/Inf voxel(s)")
+                    data = None
+            if data is not None:
+                lo, hi = data.min(), data.max()
+                if lo == hi:
+                    problems.append(f"{image}: image is one constant value ({float(lo):g})")
+        del data
+
+    if label is None:
+        return problems
+
+    lbl = _load_header(label, problems)
+    if lbl is None:
+        return problems
+    lbl_shape = _spatial_shape(lbl.shape)
+    if lbl_shape is None:
+        problems.append(f"{label}: label is not 3D (shape {tuple(lbl.shape)}, {len(lbl.shape)}D)")
+    if img is not None and img_shape is not None and lbl_shape is not None:
+        if img_shape != lbl_shape:
+            problems.append(f"{label}: label shape {lbl_shape} differs from image shape {img_shape} ({image})")
+        elif not np.allclose(img.affine, lbl.affine, atol=AFFINE_ATOL):
+            diff = float(np.max(np.abs(np.asarray(img.affine) - np.asarray(lbl.affine))))
+            problems.append(
+                f"{label}: label affine differs from image affine (max abs difference {diff:.4g}) ({image})"
+            )
+    values = _load_data(lbl, label, problems)
+    if values is not None and lbl_shape is not None:
+        values = np.unique(values)
+        if np.issubdtype(values.dtype, np.floating):
+            not_int = values[~np.isfinite(values) | (values != np.round(values))]
+            if not_int.size:
+                problems.append(f"{label}: label has non-integer values: {_format_values(not_int)}")
+            values = values[np.isfinite(values) & (values == np.round(values))]
+        out = values[(values < 0) | (values > num_classes - 1)]
+        if out.size:
+            problems.append(
+                f"{label}: label values outside [0, {num_classes - 1}] ({num_classes} classes): "
+                f"{_format_values(out)}"
+            )
+    return problems
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(base_dir, path)
+
+
+def validate_datalist(
+    datalist: Mapping | str,
+    base_dir: str,
+    keys: Sequence[str] = ("training", "validation"),
+    num_classes: int = 14,
+) -> None:
+    """
+    Check every file of a datalist with :func:`check_image_label_pair` and raise once with all problems.
+
+    Items with a ``"label"`` are checked as pairs, items without one as images only. A missing or empty
+    key, an item without ``"image"`` and an image listed under two keys (train/validation leakage) are
+    problems too.
+
+    Args:
+        datalist: the datalist dict, or the path of a datalist JSON file.
+        base_dir: folder that relative paths in the datalist are relative to.
+        keys: datalist keys to check.
+        num_classes: number of label classes including background.
+
+    Raises:
+        DataValidationError: listing every problem found.
+    """
+    if isinstance(datalist, (str, os.PathLike)):
+        with open(datalist) as f:
+            datalist = json.load(f)
+    if isinstance(keys, str):
+        keys = (keys,)
+    problems: list[str] = []
+    if not isinstance(datalist, Mapping) or not datalist:
+        raise DataValidationError([f"{base_dir}: datalist is empty or not a dict"])
+    seen: dict[str, str] = {}
+    for key in keys:
+        items = datalist.get(key)
+        if not items:
+            problems.append(f"{base_dir}: datalist key '{key}' is missing or empty")
+            continue
+        for i, item in enumerate(items):
+            if not isinstance(item, Mapping) or "image" not in item:
+                problems.append(f"{base_dir}: datalist['{key}'][{i}] has no 'image' entry: {item!r}")
+                continue
+            image = _resolve(str(item["image"]), base_dir)
+            norm = os.path.normpath(os.path.abspath(image))
+            if norm in seen and seen[norm] != key:
+                problems.append(f"{image}: listed under both '{seen[norm]}' and '{key}'")
+            seen.setdefault(norm, key)
+            label = item.get("label")
+            label = None if label is None else _resolve(str(label), base_dir)
+            problems += check_image_label_pair(image, label, num_classes)
+    if problems:
+        raise DataValidationError(problems)
+
+
+def write_json_atomic(data: Any, path: str, overwrite: bool = False, indent: int = 4) -> str:
+    """
+    Write ``data`` as JSON to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+    A reader never sees a half-written file, and an interrupted write leaves any old file intact.
+
+    Args:
+        data: JSON-serialisable object.
+        path: destination file; its folder is created if needed.
+        overwrite: replace an existing file; otherwise an existing ``path`` raises ``FileExistsError``.
+        indent: JSON indentation.
+
+    Returns:
+        the absolute path written.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give the path of the JSON file to write.")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite True) to replace it.")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    text = json.dumps(data, indent=indent) + "\n"  # serialise before creating any file
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def split_cases(
+    case_ids: Sequence[int],
+    split: str = "paper",
+    seed: int = 0,
+    val_fraction: float = 0.3,
+    num_folds: int = 5,
+    fold: int = 0,
+) -> tuple[list[int], list[int]]:
+    """
+    Split case ids into training and validation ids.
+
+    Args:
+        case_ids: unique case ids (BTCV case numbers for ``"paper"``).
+        split: ``"paper"`` - the reference code's fixed BTCV split, train 1-10 and 21-31, validation
+            (the paper's test set) 32-40; needs exactly these 30 case numbers.
+            ``"random"`` - a seeded shuffle, ``round(val_fraction * n)`` (at least 1) cases held out.
+            ``"kfold"`` - a seeded shuffle cut into ``num_folds`` near-equal folds; fold ``fold`` is held out.
+        seed: random seed of ``"random"`` and ``"kfold"``.
+        val_fraction: held-out fraction for ``"random"``, in (0, 1).
+        num_folds: number of folds for ``"kfold"``, 2 <= num_folds <= number of cases.
+        fold: held-out fold for ``"kfold"``, in [0, num_folds).
+
+    Returns:
+        (train_ids, val_ids), each sorted.
+
+    Examples::
+
+        train, val = split_cases(range(1, 13), split="kfold", num_folds=4, fold=1)
+    """
+    ids = [int(c) for c in case_ids]
+    if len(set(ids)) != len(ids):
+        dup = sorted({c for c in ids if ids.count(c) > 1})
+        raise ValueError(f"case_ids must be unique, duplicated: {dup}.")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    if split == "paper":
+        missing = sorted(set(PAPER_TRAIN_CASES + PAPER_VAL_CASES) - set(ids))
+        extra = sorted(set(ids) - set(PAPER_TRAIN_CASES + PAPER_VAL_CASES))
+        if missing or extra:
+            raise ValueError(
+                "split='paper' is the fixed BTCV split (train cases 1-10 and 21-31, validation 32-40) and "
+                f"needs exactly those 30 case numbers; missing: {missing}, unexpected: {extra}. "
+                "Use split='random' or split='kfold' for other data."
+            )
+        return list(PAPER_TRAIN_CASES), list(PAPER_VAL_CASES)
+
+    if len(ids) < 2:
+        raise ValueError(f"split={split!r} needs at least 2 cases, got {len(ids)}.")
+    order = sorted(ids)
+    np.random.default_rng(int(seed)).shuffle(order)
+    if split == "random":
+        if not 0.0 < float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+        n_val = min(max(1, int(round(val_fraction * len(ids)))), len(ids) - 1)
+        return sorted(order[n_val:]), sorted(order[:n_val])
+    # kfold
+    if int(num_folds) != num_folds or not 2 <= num_folds <= len(ids):
+        raise ValueError(f"num_folds must be an integer in [2, {len(ids)}] (the number of cases), got {num_folds}.")
+    if int(fold) != fold or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be an integer in [0, {int(num_folds) - 1}], got {fold}.")
+    folds = np.array_split(np.asarray(order), int(num_folds))
+    val = folds[int(fold)].tolist()
+    held_out = set(val)
+    train = [c for c in order if c not in held_out]
+    return sorted(train), sorted(val)
+
+
+def make_datalist(
+    training: Sequence[Mapping],
+    validation: Sequence[Mapping],
+    testing: Sequence[Mapping] = (),
+    labels: Mapping[int, str] = BTCV_LABELS,
+    description: str = "",
+    split: str = "",
+) -> dict:
+    """
+    Assemble a decathlon-style datalist dict (paths as given; keep them relative to the dataset folder).
+
+    Args:
+        training: ``{"image": ..., "label": ...}`` items to train on.
+        validation: held-out labelled items.
+        testing: ``{"image": ...}`` items without labels.
+        labels: label index -> name; written with string keys.
+        description: free text.
+        split: how training/validation were split, e.g. ``"paper"`` or ``"random (seed=0, val_fraction=0.3)"``.
+    """
+    return {
+        "description": description,
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+        "split": split,
+        "training": [dict(d) for d in training],
+        "validation": [dict(d) for d in validation],
+        "testing": [dict(d) for d in testing],
+    }
