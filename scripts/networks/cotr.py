@@ -116,9 +116,15 @@ class CoTr(nn.Module):
                 f"CoTr needs spatial sizes divisible by {list(self.size_divisor)} (the total stride per axis); "
                 f"got {list(spatial_shape)} ({', '.join(bad)} not divisible)."
             )
+        if all(s == d for s, d in zip(spatial_shape, self.size_divisor)):
+            # the deepest map would be one voxel, which instance normalisation cannot normalise
+            raise ValueError(
+                f"CoTr needs an input larger than {list(self.size_divisor)} along at least one axis "
+                f"(a multiple of it), got {list(spatial_shape)}."
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``x``: (B, in_channels, X, Y, Z) with X, Y, Z divisible by ``size_divisor``."""
+        """``x``: (B, in_channels, X, Y, Z) with X, Y, Z divisible by ``size_divisor`` and not all equal to it."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self._check_input_size(x.shape[2:])
         features = self.encoder(x)

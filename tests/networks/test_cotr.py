@@ -110,6 +110,13 @@ def test_non_divisible_size(shape, bad):
     assert bad in str(info.value)
 
 
+def test_single_voxel_deepest_map_is_refused_clearly():
+    model = CoTr(out_channels=2, **SMALL).eval()
+    with pytest.raises(ValueError, match=r"larger than \[16, 16, 8\]"):
+        model(torch.randn(1, 1, 16, 16, 8))
+    assert model(torch.randn(1, 1, 32, 16, 8)).shape == (1, 2, 32, 16, 8)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
