@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(BUNDLE_ROOT, "configs")
+SCHEMA = os.path.join(os.path.dirname(BUNDLE_ROOT), "shared", "reference", "meta_schema_20240725.json")
+
+if BUNDLE_ROOT not in sys.path:  # monai.bundle puts the bundle root on sys.path only inside run()
+    sys.path.insert(0, BUNDLE_ROOT)
+
+
+def config_paths(*names: str) -> list[str]:
+    return [os.path.join(CONFIGS, name) for name in names]
+
+
+def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ...`` as a user would, failing with its output if it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        pytest.fail(f"monai.bundle {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def synthetic_study(tmp_path_factory) -> str:
+    """A small synthetic CT study in BTCV layout: 6 labelled cases (4 train, 2 held out) and 2 unlabelled."""
+    from scripts.synthetic import generate
+
+    root = str(tmp_path_factory.mktemp("study"))
+    generate(root, num_cases=6, num_test=2, shape=(96, 96, 32), spacing=(2.0, 2.0, 4.5), seed=3, val_fraction=0.34, overwrite=True)
+    return root

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from monai.engines import SupervisedTrainer
+
+from scripts.handlers import GradientClipping
+
+
+def _trainer(max_norm: float | None, scale: float) -> tuple[SupervisedTrainer, nn.Module]:
+    torch.manual_seed(0)
+    network = nn.Linear(4, 1)
+    data = [{"image": torch.randn(8, 4) * scale, "label": torch.randn(8, 1) * scale}]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
+        loss_function=nn.MSELoss(),
+        train_handlers=[GradientClipping(max_norm)] if max_norm else None,
+    )
+    return trainer, network
+
+
+def _gradient_norm(network: nn.Module) -> float:
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in network.parameters()])).item()
+
+
+def test_clips_large_gradients_to_max_norm():
+    trainer, network = _trainer(None, scale=100.0)
+    trainer.run()
+    assert _gradient_norm(network) > 12.0  # the case really needs clipping
+    trainer, network = _trainer(12.0, scale=100.0)
+    trainer.run()
+    assert _gradient_norm(network) == pytest.approx(12.0, rel=1e-4)
+
+
+def test_leaves_small_gradients_alone():
+    reference, reference_net = _trainer(None, scale=0.01)
+    reference.run()
+    trainer, network = _trainer(12.0, scale=0.01)
+    trainer.run()
+    assert _gradient_norm(network) == pytest.approx(_gradient_norm(reference_net))
+
+
+def test_rejects_non_positive_norm():
+    with pytest.raises(ValueError, match="max_norm"):
+        GradientClipping(0.0)
