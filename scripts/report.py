@@ -1,0 +1,521 @@
+"""
+Pictures and tables of a run: the evaluation report (per-case metrics with organ names, a per-organ Dice box
+plot and one overlay picture per case), training curves from the TensorBoard logs, an ignite handler that
+draws them during and after training, and a transform that draws inference overlays.
+
+Usage::
+
+    python -m scripts.report report --eval_dir eval --dataset_dir /data/RawData --datalist /data/RawData/datalist.json
+    python -m scripts.report curves --log_dir eval --output_png eval/training_curves.png
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.data.utils import create_file_basename
+from monai.transforms import MapTransform
+from monai.utils import min_version, optional_import
+
+from scripts.datalist import BTCV_LABELS
+from scripts.visualize import organ_colour, organ_name, save_figure_atomic, save_overlay_png
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = [
+    "BTCV_MERGED_LABELS",
+    "METRIC_FILES",
+    "case_name",
+    "read_raw_metrics",
+    "write_evaluation_report",
+    "plot_dice_boxplot",
+    "read_scalars",
+    "plot_training_curves",
+    "TrainingCurvesHandler",
+    "SaveOverlayd",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The paper's 11-organ protocol (kidneys and adrenal glands merged): merged label -> name, the order of the
+#: ``classN`` columns (label N + 1) of the ``*_merged_raw.csv`` files written by ``configs/evaluate.json``.
+BTCV_MERGED_LABELS: dict[int, str] = {
+    0: "background",
+    1: "spleen",
+    2: "kidneys",
+    3: "gallbladder",
+    4: "esophagus",
+    5: "liver",
+    6: "stomach",
+    7: "aorta",
+    8: "inferior_vena_cava",
+    9: "portal_and_splenic_veins",
+    10: "pancreas",
+    11: "adrenal_glands",
+}
+
+#: column prefix of ``per_case_metrics.csv`` -> (MetricsSaver raw CSV in the evaluation folder, protocol)
+METRIC_FILES: dict[str, tuple[str, str]] = {
+    "dice_13": ("val_mean_dice_raw.csv", "13"),
+    "hd95_13": ("val_hd95_raw.csv", "13"),
+    "dice_11": ("val_mean_dice_merged_raw.csv", "11"),
+    "hd95_11": ("val_hd95_merged_raw.csv", "11"),
+}
+
+# the matplotlib figures of this module: size in inches and dpi
+BOXPLOT_FIGSIZE, CURVES_FIGSIZE, FIGURE_DPI = (12.0, 5.5), (12.0, 4.5), 100
+
+
+def case_name(path: str) -> str:
+    """Case name of an image path as ``SaveImaged`` forms it: the file name without ``.nii.gz``/``.nii``."""
+    return os.path.basename(create_file_basename("", path, "", separate_folder=False, makedirs=False))
+
+
+def _parse_value(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def read_raw_metrics(path: str) -> tuple[list[int], dict[str, dict[int | str, float]]]:
+    """
+    Read a MetricsSaver ``*_raw.csv`` (``filename,class0,...,classK,mean``; ``nan`` for an organ absent from
+    both prediction and ground truth).
+
+    Returns:
+        the label values of the class columns (``classN`` is label N + 1) and, per image path in file order,
+        label value -> metric, plus ``"mean"`` -> the row's mean.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:1] != ["filename"]:
+        raise ValueError(f"{path}: not a MetricsSaver raw CSV (expected a 'filename,class0,...' header).")
+    header = rows[0]
+    keys: list[int | str] = []
+    for column in header[1:]:
+        if column.startswith("class") and column[5:].isdigit():
+            keys.append(int(column[5:]) + 1)
+        else:
+            keys.append(column)
+    table = {}
+    for row in rows[1:]:
+        if row:
+            table[row[0]] = {key: _parse_value(value) for key, value in zip(keys, row[1:])}
+    return [k for k in keys if isinstance(k, int)], table
+
+
+def _format(value: float) -> str:
+    return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4f}")
+
+
+def _write_csv_atomic(path: str, rows: Sequence[Sequence[Any]]) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def plot_dice_boxplot(
+    dice: Mapping[str, Mapping[int | str, float]],
+    labels: Sequence[int],
+    label_names: Mapping[int, str],
+    output_png: str,
+) -> str:
+    """
+    Box plot of the per-case Dice of every organ in ``labels`` (one box per organ, in the organ's colour,
+    cases as dots); NaN values (organ absent from prediction and ground truth) are left out and counted.
+    """
+    import matplotlib.pyplot as plt
+
+    values = [np.array([row.get(label, math.nan) for row in dice.values()], dtype=float) for label in labels]
+    finite = [v[np.isfinite(v)] for v in values]
+    fig, ax = plt.subplots(figsize=BOXPLOT_FIGSIZE)
+    positions = np.arange(1, len(labels) + 1)
+    drawn = [i for i, v in enumerate(finite) if v.size]
+    if drawn:
+        boxes = ax.boxplot(
+            [finite[i] for i in drawn], positions=positions[drawn], widths=0.6, patch_artist=True, showfliers=False,
+            medianprops={"color": "black", "linewidth": 1.5},
+        )
+        for i, box in zip(drawn, boxes["boxes"]):
+            box.set_facecolor((*organ_colour(labels[i]), 0.55))
+            box.set_edgecolor("0.25")
+    rng = np.random.default_rng(0)
+    for i, v in enumerate(finite):
+        jitter = rng.uniform(-0.15, 0.15, v.size)
+        ax.scatter(positions[i] + jitter, v, s=14, color="0.15", zorder=3, linewidths=0)
+    ticks = []
+    for label, v, f in zip(labels, values, finite):
+        name = organ_name(label, label_names)
+        ticks.append(name if f.size == v.size else f"{name}\n(n={f.size} of {v.size})")
+    ax.set_xticks(positions, ticks, rotation=35, ha="right", fontsize=9)
+    ax.set_xlim(0.4, len(labels) + 0.6)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("Dice")
+    ax.grid(axis="y", color="0.85")
+    ax.set_axisbelow(True)
+    pooled = np.concatenate(finite) if finite else np.zeros(0)
+    overall = f", mean Dice {pooled.mean():.3f} over all organs and cases" if pooled.size else ""
+    ax.set_title(f"Dice per organ over {len(dice)} case(s){overall}")
+    fig.tight_layout()
+    return save_figure_atomic(fig, output_png, FIGURE_DPI)
+
+
+def _validation_labels(datalist: str, dataset_dir: str | None) -> dict[str, tuple[str, str | None]]:
+    """Case name -> (image path, label path) of the ``validation`` entries of a datalist."""
+    base = dataset_dir if dataset_dir is not None else os.path.dirname(os.path.abspath(datalist))
+    with open(datalist) as f:
+        entries = json.load(f).get("validation", [])
+    cases = {}
+    for entry in entries:
+        image = os.path.join(base, entry["image"])
+        label = os.path.join(base, entry["label"]) if entry.get("label") else None
+        cases[case_name(image)] = (image, label)
+    return cases
+
+
+def write_evaluation_report(
+    eval_dir: str,
+    label_names: Mapping[int, str] | None = None,
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+) -> list[str]:
+    """
+    Write the report of an evaluation run into ``eval_dir/report``.
+
+    Reads what ``configs/evaluate.json`` writes into ``eval_dir``: the MetricsSaver files
+    ``val_mean_dice_raw.csv`` (required), ``val_hd95_raw.csv``, ``val_mean_dice_merged_raw.csv`` and
+    ``val_hd95_merged_raw.csv`` (used when present) and the segmentations
+    ``segmentations/<case>_seg.nii.gz``. Writes:
+
+    - ``per_case_metrics.csv``: ``case``, ``image``, then ``dice_13/<organ>`` ... ``dice_13/mean``,
+      ``hd95_13/<organ>`` ..., ``dice_11/<organ>`` ... and ``hd95_11/<organ>`` ... (13-organ protocol and the
+      paper's 11-organ protocol, HD95 in mm); ``nan`` where an organ is absent from prediction and ground truth.
+    - ``dice_boxplot.png``: Dice of each of the 13 organs across cases.
+    - ``<case>.png``: the overlay of every case (:func:`scripts.visualize.save_overlay_png`) with its Dice per
+      organ in the legend, and the ground truth when ``datalist`` is given (its ``validation`` entries,
+      paths relative to ``dataset_dir``, default the datalist's folder). A case whose files are missing is
+      skipped with a warning.
+
+    Args:
+        eval_dir: the evaluation output folder (``output_dir`` of the config).
+        label_names: label value -> organ name of the 13-organ protocol; default ``BTCV_LABELS``.
+        dataset_dir: folder the datalist paths are relative to.
+        datalist: datalist JSON for the ground-truth labels, or None to draw the predictions only.
+
+    Returns:
+        the written files: the CSV, the box plot, then the overlays.
+    """
+    names = dict(BTCV_LABELS if label_names is None else {int(k): v for k, v in label_names.items()})
+    dice_csv = os.path.join(eval_dir, METRIC_FILES["dice_13"][0])
+    if not os.path.isfile(dice_csv):
+        raise FileNotFoundError(f"{eval_dir}: no {METRIC_FILES['dice_13'][0]}; run the evaluation first.")
+    report_dir = os.path.join(eval_dir, "report")
+    tables: dict[str, tuple[list[int], dict[str, dict[int | str, float]]]] = {}
+    for prefix, (file_name, _) in METRIC_FILES.items():
+        path = os.path.join(eval_dir, file_name)
+        if os.path.isfile(path):
+            tables[prefix] = read_raw_metrics(path)
+        else:
+            logger.warning(f"{path} not found: per_case_metrics.csv has no {prefix} columns.")
+    labels, dice = tables["dice_13"]
+
+    header = ["case", "image"]
+    for prefix, (columns, _) in tables.items():
+        protocol_names = names if METRIC_FILES[prefix][1] == "13" else BTCV_MERGED_LABELS
+        header += [f"{prefix}/{organ_name(label, protocol_names)}" for label in columns] + [f"{prefix}/mean"]
+    rows: list[list[Any]] = [header]
+    for image in dice:
+        row: list[Any] = [case_name(image), image]
+        for columns, table in tables.values():
+            values = table.get(image, {})
+            row += [_format(values.get(key, math.nan)) for key in [*columns, "mean"]]
+        rows.append(row)
+    written = [_write_csv_atomic(os.path.join(report_dir, "per_case_metrics.csv"), rows)]
+    written.append(plot_dice_boxplot(dice, labels, names, os.path.join(report_dir, "dice_boxplot.png")))
+
+    cases = _validation_labels(datalist, dataset_dir) if datalist else {}
+    for image, scores in dice.items():
+        case = case_name(image)
+        segmentation = os.path.join(eval_dir, "segmentations", f"{case}_seg.nii.gz")
+        image_path, label_path = image, None
+        if case in cases:
+            label_path = cases[case][1]
+            if not os.path.isfile(image_path):
+                image_path = cases[case][0]
+        elif datalist:
+            logger.warning(f"{case}: not in the validation entries of {datalist}; overlay without ground truth.")
+        missing = [p for p in (image_path, segmentation, label_path) if p and not os.path.isfile(p)]
+        if missing:
+            logger.warning(f"{case}: overlay skipped, missing {', '.join(missing)}.")
+            continue
+        mean = scores.get("mean", math.nan)
+        title = f"{case}    mean Dice {_format(mean)}"
+        written.append(
+            save_overlay_png(
+                image_path, segmentation, os.path.join(report_dir, f"{case}.png"), label_path, names,
+                title=title, scores={k: v for k, v in scores.items() if isinstance(k, int)},
+            )
+        )
+    return written
+
+
+def read_scalars(log_dir: str, tags: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """
+    Scalars ``tags`` of every TensorBoard event file under ``log_dir`` (recursively), as (steps, values)
+    sorted by step; where several files log one step (a resumed or repeated run) the latest write wins.
+    A truncated last record (a writer still running) is skipped.
+
+    Raises:
+        FileNotFoundError: no event file under ``log_dir``.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    files = sorted(glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True))
+    if not files:
+        raise FileNotFoundError(f"no TensorBoard event files (events.out.tfevents.*) in log_dir {log_dir!r}.")
+    latest: dict[str, dict[int, tuple[float, float]]] = {tag: {} for tag in tags}
+    for path in files:
+        try:
+            for event in EventFileLoader(path).Load():
+                for value in event.summary.value:
+                    if value.tag not in latest:
+                        continue
+                    if value.HasField("simple_value"):
+                        number = float(value.simple_value)
+                    else:
+                        number = float(tensor_util.make_ndarray(value.tensor).reshape(-1)[0])
+                    previous = latest[value.tag].get(event.step)
+                    if previous is None or event.wall_time >= previous[0]:
+                        latest[value.tag][event.step] = (event.wall_time, number)
+        except Exception as e:  # a corrupt file should not hide the others
+            logger.warning(f"{path}: read stopped ({type(e).__name__}: {e}).")
+    out = {}
+    for tag, points in latest.items():
+        steps = np.array(sorted(points), dtype=np.int64)
+        out[tag] = (steps, np.array([points[s][1] for s in steps], dtype=float))
+    return out
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    """Debiased exponential moving average with a span of about 2% of the points."""
+    span = max(1.0, len(values) / 50.0)
+    alpha = 2.0 / (span + 1.0)
+    out = np.empty_like(values)
+    average, weight = 0.0, 0.0
+    for i, v in enumerate(values):
+        average = (1 - alpha) * average + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out[i] = average / weight
+    return out
+
+
+def plot_training_curves(
+    log_dir: str, output_png: str, loss_tag: str = "train_loss", dice_tag: str = "val_mean_dice"
+) -> str:
+    """
+    Plot the training loss (per iteration, with a smoothed line) and the validation mean Dice (per epoch,
+    best epoch marked) from the TensorBoard event files under ``log_dir`` into ``output_png`` (written
+    atomically, ``CURVES_FIGSIZE`` at ``FIGURE_DPI``: 1200 x 450 pixels).
+
+    Args:
+        log_dir: folder of the event files (``output_dir`` of ``configs/train.json``).
+        output_png: PNG to write.
+        loss_tag: scalar tag of the training loss, logged per iteration.
+        dice_tag: scalar tag of the validation mean Dice, logged per validation epoch.
+
+    Returns:
+        ``output_png``.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` has no event files.
+        ValueError: the event files log neither tag.
+    """
+    import matplotlib.pyplot as plt
+
+    scalars = read_scalars(log_dir, (loss_tag, dice_tag))
+    (loss_steps, loss), (dice_steps, dice) = scalars[loss_tag], scalars[dice_tag]
+    if not loss.size and not dice.size:
+        raise ValueError(
+            f"the TensorBoard event files in log_dir {log_dir!r} log neither {loss_tag!r} nor {dice_tag!r}."
+        )
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=CURVES_FIGSIZE)
+    if loss.size:
+        stride = max(1, loss.size // 5000)  # the raw line needs no more points than pixels
+        ax_loss.plot(
+            loss_steps[::stride], loss[::stride], color="tab:blue", alpha=0.3, linewidth=0.8, label="per iteration"
+        )
+        ax_loss.plot(loss_steps, _smooth(loss), color="tab:blue", linewidth=1.8, label="smoothed")
+        ax_loss.legend(loc="upper right")
+        ax_loss.set_title(f"training loss (last {loss[-1]:.4f}, iteration {loss_steps[-1]})")
+    else:
+        ax_loss.text(0.5, 0.5, f"no {loss_tag!r} logged", ha="center", va="center", transform=ax_loss.transAxes)
+        ax_loss.set_title("training loss")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel(loss_tag)
+    if dice.size:
+        ax_dice.plot(dice_steps, dice, "o-", color="tab:green", markersize=4, linewidth=1.5)
+        best = int(np.nanargmax(dice)) if np.isfinite(dice).any() else 0
+        best_label = f"best {dice[best]:.4f} (epoch {dice_steps[best]})"
+        ax_dice.plot(dice_steps[best], dice[best], "*", color="tab:red", markersize=14, label=best_label)
+        ax_dice.legend(loc="lower right")
+        ax_dice.set_ylim(0, 1)
+        ax_dice.set_title(f"validation mean Dice (last {dice[-1]:.4f}, epoch {dice_steps[-1]})")
+    else:
+        ax_dice.text(0.5, 0.5, f"no {dice_tag!r} logged yet", ha="center", va="center", transform=ax_dice.transAxes)
+        ax_dice.set_title("validation mean Dice")
+    ax_dice.set_xlabel("epoch")
+    ax_dice.set_ylabel(dice_tag)
+    for ax in (ax_loss, ax_dice):
+        ax.grid(color="0.9")
+    fig.tight_layout()
+    return save_figure_atomic(fig, output_png, FIGURE_DPI)
+
+
+class TrainingCurvesHandler:
+    """
+    Ignite handler that draws :func:`plot_training_curves` when the engine completes and, with
+    ``interval > 0``, every ``interval`` epochs. A failure is logged as a warning and never stops training.
+
+    ``TensorBoardStatsHandler`` writes its events asynchronously (flushed every two minutes); pass those
+    handlers (or ``SummaryWriter``s) as ``writers`` to flush them before plotting, otherwise the picture shows
+    what is on disk.
+
+    Args:
+        log_dir: folder of the TensorBoard event files.
+        output_png: PNG to write; default ``<log_dir>/training_curves.png``.
+        interval: also plot every ``interval`` epochs (0: only at the end).
+        writers: MONAI ``TensorBoardHandler``s or ``SummaryWriter``s to flush first.
+
+    Example::
+
+        TrainingCurvesHandler("eval", interval=50).attach(trainer)
+    """
+
+    def __init__(
+        self, log_dir: str, output_png: str | None = None, interval: int = 0, writers: Sequence[Any] = ()
+    ) -> None:
+        if int(interval) < 0:
+            raise ValueError(f"interval must be >= 0 (0: only at the end), got {interval}.")
+        self.log_dir = log_dir
+        self.output_png = output_png if output_png is not None else os.path.join(log_dir, "training_curves.png")
+        self.interval = int(interval)
+        self.writers = list(writers)
+
+    def attach(self, engine: Engine) -> None:
+        """Plot on ``Events.COMPLETED`` and, with ``interval > 0``, every ``interval`` epochs."""
+        engine.add_event_handler(Events.COMPLETED, self)
+        if self.interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine | None = None) -> str | None:
+        """Flush the writers and plot; returns the PNG path, or None (with a warning) on failure."""
+        try:
+            for writer in self.writers:
+                getattr(writer, "_writer", writer).flush()
+            return plot_training_curves(self.log_dir, self.output_png)
+        except Exception as e:
+            logger.warning(f"training curves not drawn ({type(e).__name__}: {e}).")
+            return None
+
+
+class SaveOverlayd(MapTransform):
+    """
+    Inference postprocessing, placed after ``SaveImaged``: draw the overlay of the saved segmentation on the
+    original image (:func:`scripts.visualize.save_overlay_png`) into ``output_dir/<case>.png``.
+
+    The original image path is the ``filename_or_obj`` of the key's MetaTensor meta (or of
+    ``<key>_meta_dict``); the segmentation is ``seg_dir/<case>_<output_postfix><output_ext>``, as
+    ``SaveImaged(output_postfix=..., separate_folder=False)`` names it. A failure to draw is logged as a
+    warning; the data passes through unchanged.
+
+    Args:
+        keys: the image key(s) whose file names identify the cases.
+        output_dir: folder of the PNGs.
+        seg_dir: folder of the saved segmentations; default ``output_dir``.
+        output_postfix: ``SaveImaged``'s ``output_postfix``.
+        output_ext: ``SaveImaged``'s ``output_ext``.
+        label_names: label value -> organ name; default ``BTCV_LABELS``.
+        window: CT window (level, width) in HU.
+        enabled: False makes the transform a no-op (so that a config can switch it off).
+        allow_missing_keys: skip missing keys instead of raising.
+
+    Example::
+
+        SaveOverlayd("image", output_dir="eval/inference", enabled=True)(data)
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        output_dir: str = "./overlays",
+        seg_dir: str | None = None,
+        output_postfix: str = "seg",
+        output_ext: str = ".nii.gz",
+        label_names: Mapping[int, str] | None = None,
+        window: Sequence[float] = (40.0, 400.0),
+        enabled: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(window) != 2 or window[1] <= 0:
+            raise ValueError(f"window must be (level, width) with width > 0, got {window}.")
+        self.output_dir = output_dir
+        self.seg_dir = seg_dir if seg_dir is not None else output_dir
+        self.output_postfix = output_postfix
+        self.output_ext = output_ext
+        self.label_names = dict(BTCV_LABELS if label_names is None else label_names)
+        self.window = (float(window[0]), float(window[1]))
+        self.enabled = bool(enabled)
+
+    def _source(self, data: Mapping[Hashable, Any], key: Hashable) -> str | None:
+        meta = getattr(data[key], "meta", None) or data.get(f"{key}_meta_dict") or {}
+        source = meta.get("filename_or_obj")
+        if isinstance(source, (list, tuple)):  # a batch of one
+            source = source[0] if len(source) == 1 else None
+        return str(source) if source else None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            source = self._source(d, key)
+            if source is None:
+                logger.warning(f"SaveOverlayd: {key!r} has no filename_or_obj; overlay skipped.")
+                continue
+            segmentation = create_file_basename(
+                self.output_postfix, source, self.seg_dir, separate_folder=False, makedirs=False
+            ) + self.output_ext
+            output_png = os.path.join(self.output_dir, f"{case_name(source)}.png")
+            try:
+                save_overlay_png(source, segmentation, output_png, None, self.label_names, self.window)
+            except Exception as e:
+                logger.warning(f"SaveOverlayd: overlay of {source} not drawn ({type(e).__name__}: {e}).")
+        return d
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire({"report": write_evaluation_report, "curves": plot_training_curves})
