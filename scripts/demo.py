@@ -13,15 +13,12 @@ Usage::
 from __future__ import annotations
 
 import csv
-import glob
 import os
 import subprocess
 import sys
 import time
 
-from scripts.datalist import BTCV_LABELS
 from scripts.synthetic import generate
-from scripts.visualize import save_overlay_png
 
 __all__ = ["run_bundle", "run_demo"]
 
@@ -58,7 +55,7 @@ def run_demo(
         workdir: folder for the data, models, metrics and pictures (created; existing data is reused).
         num_cases: labelled synthetic cases (split into training and held-out validation).
         num_test: unlabelled cases for inference.
-        max_epochs: override the demo overlay's number of epochs.
+        max_epochs: override the demo overlay's number of epochs (validating every quarter of them).
         seed: seed of the synthetic data.
     """
     start = time.time()
@@ -67,28 +64,20 @@ def run_demo(
     if not os.path.exists(os.path.join(data_dir, "datalist.json")):
         generate(data_dir, num_cases=num_cases, num_test=num_test, seed=seed)
     paths = {"bundle_root": BUNDLE_ROOT, "dataset_dir": data_dir, "ckpt_dir": models}
-    epochs = {} if max_epochs is None else {"max_epochs": max_epochs}
+    # validate at least once: model.pt is the best validated checkpoint
+    epochs = {} if max_epochs is None else {"max_epochs": max_epochs, "val_interval": max(1, max_epochs // 4)}
     run_bundle("training", ["train.json", "demo.json"], output_dir=evaluation, **paths, **epochs)
     run_bundle("evaluating", ["train.json", "evaluate.json", "demo.json"], output_dir=evaluation, **paths)
     inference_dir = os.path.join(workdir, "inference")
     paths["dataset_dir"] = os.path.join(data_dir, "Testing", "img")
-    run_bundle("inference", ["inference.json", "demo.json"], output_dir=inference_dir, **paths)
-
-    pictures = os.path.join(workdir, "pictures")
-    for segmentation in sorted(glob.glob(os.path.join(evaluation, "segmentations", "*_seg.nii.gz"))):
-        case = os.path.basename(segmentation)[: -len("_seg.nii.gz")]
-        image = os.path.join(data_dir, "Training", "img", case + ".nii.gz")
-        label = os.path.join(data_dir, "Training", "label", case.replace("img", "label") + ".nii.gz")
-        save_overlay_png(image, segmentation, os.path.join(pictures, case + ".png"), label, BTCV_LABELS)
-    for segmentation in sorted(glob.glob(os.path.join(inference_dir, "*_seg.nii.gz"))):
-        case = os.path.basename(segmentation)[: -len("_seg.nii.gz")]
-        image = os.path.join(paths["dataset_dir"], case + ".nii.gz")
-        save_overlay_png(image, segmentation, os.path.join(pictures, case + "_inference.png"), None, BTCV_LABELS)
+    run_bundle("inference", ["inference.json", "demo.json"], output_dir=inference_dir, save_overlays=True, **paths)
 
     dice = _mean_dice(os.path.join(evaluation, "metrics.csv"))
     print(f"\nSynthetic demo finished in {time.time() - start:.0f} s.")
     print(f"Held-out mean Dice over the 13 organs (synthetic data): {dice:.3f}")
-    print(f"Metrics: {evaluation}\nSegmentations: {inference_dir}\nPictures: {pictures}")
+    print(f"Training curves: {os.path.join(evaluation, 'training_curves.png')}")
+    print(f"Metrics and pictures of the held-out cases: {os.path.join(evaluation, 'report')}")
+    print(f"Segmentations and pictures of the unlabelled cases: {inference_dir}")
     return dice
 
 

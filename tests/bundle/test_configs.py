@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import os
 
 import pytest
@@ -98,3 +101,20 @@ def test_metadata_matches_the_schema():
     pred = metadata["network_data_format"]["outputs"]["pred"]
     assert pred["num_channels"] == len(pred["channel_def"]) == 14
     assert os.path.islink(os.path.join(BUNDLE_ROOT, "metadata.json"))
+
+
+def test_training_refuses_a_bad_case_before_it_starts(synthetic_study, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(synthetic_study, study)
+    datalist = json.load(open(study / "datalist.json"))
+    broken = study / datalist["training"][-1]["label"]
+    broken.write_bytes(broken.read_bytes()[:200])  # a truncated download
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+         str(config_paths("train.json", "demo.json")), "--dataset_dir", str(study),
+         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")],
+        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0
+    assert str(broken) in result.stderr and "Epoch" not in result.stdout + result.stderr
+    assert not (tmp_path / "models").exists()

@@ -124,3 +124,34 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     x = torch.randn(1, 1, 64, 64, 32)
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(exported))(x), network.eval()(x), atol=1e-4)
+
+
+def _write_dicom_series(volume_zyx: np.ndarray, folder: str) -> None:
+    import itk
+
+    image = itk.image_from_array(volume_zyx)
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New()
+    writer.SetInput(image)
+    writer.SetImageIO(itk.GDCMImageIO.New())
+    writer.SetFileNames([os.path.join(folder, f"slice{i:03d}.dcm") for i in range(volume_zyx.shape[0])])
+    writer.Update()
+
+
+def test_inference_reads_a_dicom_series(trained, tmp_path):
+    from monai.transforms import LoadImage
+
+    series = tmp_path / "dicom" / "case01"
+    series.mkdir(parents=True)
+    hu = np.asarray(nib.load(os.path.join(trained["study"], "Testing", "img", os.listdir(
+        os.path.join(trained["study"], "Testing", "img"))[0])).dataobj)
+    _write_dicom_series(np.ascontiguousarray(hu.transpose(2, 1, 0)[:, :64, :64]).astype(np.int16), str(series))
+    output = tmp_path / "out"
+    run_cli(
+        "run", "inference", "--config_file", _configs("inference.json", "demo.json"),
+        "--dataset_dir", str(tmp_path / "dicom"), "--image_pattern", "*",
+        "--ckpt_dir", str(trained["work"] / "models"), "--output_dir", str(output),
+    )
+    loaded = LoadImage(image_only=True)(str(series))
+    segmentation = nib.load(output / "case01_seg.nii.gz")
+    assert segmentation.shape == tuple(loaded.shape)
+    assert np.allclose(segmentation.affine, loaded.affine.numpy(), atol=1e-4)
