@@ -4,7 +4,14 @@ from .cotr import CoTr
 from .decoder import CoTrDecoder, DecoderResBlock
 from .detrans import DeTransEncoder, DeTransLayer, voxel_centre_reference_points
 from .encoder import CNNEncoder, EncoderResBlock
-from .ms_deform_attn import MSDeformAttn3D, fibonacci_sphere, ms_deform_attn_3d
+from .ms_deform_attn import (
+    MSDeformAttn3D,
+    fibonacci_sphere,
+    ms_deform_attn_3d,
+    ms_deform_attn_3d_gather,
+    ms_deform_attn_3d_grid_sample,
+    use_grid_sample,
+)
 from .position_encoding import sine_position_encoding_3d
 
 __all__ = [
@@ -19,5 +26,8 @@ __all__ = [
     "MSDeformAttn3D",
     "fibonacci_sphere",
     "ms_deform_attn_3d",
+    "ms_deform_attn_3d_gather",
+    "ms_deform_attn_3d_grid_sample",
+    "use_grid_sample",
     "sine_position_encoding_3d",
 ]
