@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,7 +35,10 @@ __all__ = [
     "PAPER_VAL_CASES",
     "SPLITS",
     "DataValidationError",
+    "NonHUIntensityWarning",
+    "check_image_values",
     "check_image_label_pair",
+    "read_datalist",
     "validate_datalist",
     "write_json_atomic",
     "split_cases",
@@ -66,6 +70,10 @@ PAPER_VAL_CASES: tuple[int, ...] = tuple(range(32, 41))
 SPLITS = ("paper", "random", "kfold")
 
 AFFINE_ATOL = 1e-3
+#: an image counts as CT in Hounsfield units when its minimum is at most this (air is about -1000 HU; an
+#: abdominal CT always shows air around the body and in the bowel) and its range spans at least HU_MIN_SPAN
+HU_AIR_MAX = -500.0
+HU_MIN_SPAN = 500.0
 _MAX_LISTED_VALUES = 20
 # what nibabel raises for missing, truncated or corrupt files
 _READ_ERRORS = (ImageFileError, OSError, EOFError, zlib.error, ValueError, MemoryError)
@@ -83,6 +91,10 @@ class DataValidationError(ValueError):
         lines = [f"{header}: {len(self.problems)} problem(s) in {len(files)} file(s):"]
         lines += [f"  {p}" for p in self.problems]
         super().__init__("\n".join(lines))
+
+
+class NonHUIntensityWarning(UserWarning):
+    """An image whose intensities do not look like CT in Hounsfield units (e.g. normalised to 0-1, or MR)."""
 
 
 def _spatial_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
@@ -120,6 +132,40 @@ def _format_values(values: np.ndarray) -> str:
     return listed + (f" (and {more} more)" if more > 0 else "")
 
 
+def check_image_values(data: Any, path: str) -> list[str]:
+    """
+    Check the voxel values of an image: no NaN/Inf, not one constant value (e.g. all zeros), not empty. Warns
+    (:class:`NonHUIntensityWarning`) when the values do not look like CT in Hounsfield units: the preprocessing
+    clips to [hu_min, hu_max] and an image normalised to 0-1 would become one constant value.
+
+    Args:
+        data: the image array (any shape).
+        path: the image file, for the messages.
+
+    Returns:
+        problem strings ``"<path>: <problem>"``; empty when the values are fine.
+    """
+    data = np.asanyarray(data)
+    if data.size == 0:
+        return [f"{path}: image is empty (shape {tuple(data.shape)})"]
+    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad:
+            return [f"{path}: image contains {n_bad} NaN/Inf voxel(s)"]
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        return [f"{path}: image is one constant value ({lo:g})"]
+    if lo > HU_AIR_MAX or hi - lo < HU_MIN_SPAN:
+        warnings.warn(
+            f"{path}: intensities span [{lo:g}, {hi:g}], which does not look like CT in Hounsfield units (air is "
+            "about -1000 HU, soft tissue 0-100 HU). The preprocessing clips HU to [hu_min, hu_max] and expects raw "
+            "CT: check that this image is not normalised, rescaled or another modality.",
+            NonHUIntensityWarning,
+            stacklevel=2,
+        )
+    return []
+
+
 def check_image_label_pair(image: str, label: str | None, num_classes: int) -> list[str]:
     """
     Check one image (and optionally its label) NIfTI file.
@@ -127,7 +173,8 @@ def check_image_label_pair(image: str, label: str | None, num_classes: int) -> l
     Checks: the files exist and can be read completely (missing, truncated or corrupt files are reported,
     never raised); both are 3D (a trailing singleton 4th dimension is allowed); image and label have the
     same shape and affine (``np.allclose``, ``atol=1e-3``); label values are integers in
-    ``[0, num_classes - 1]``; the image has no NaN/Inf and is not one constant value.
+    ``[0, num_classes - 1]``; the image has no NaN/Inf and is not one constant value; and a warning when the
+    image does not look like CT in Hounsfield units (:func:`check_image_values`).
 
     Args:
         image: path of the image file.
@@ -152,16 +199,8 @@ def check_image_label_pair(image: str, label: str | None, num_classes: int) -> l
         if img_shape is None:
             problems.append(f"{image}: image is not 3D (shape {tuple(img.shape)}, {len(img.shape)}D)")
         data = _load_data(img, image, problems)
-        if data is not None and img_shape is not None and data.size > 0:
-            if np.issubdtype(data.dtype, np.floating):
-                n_bad = int(np.count_nonzero(~np.isfinite(data)))
-                if n_bad:
-                    problems.append(f"{image}: image contains {n_bad} NaN/Inf voxel(s)")
-                    data = None
-            if data is not None:
-                lo, hi = data.min(), data.max()
-                if lo == hi:
-                    problems.append(f"{image}: image is one constant value ({float(lo):g})")
+        if data is not None and img_shape is not None:
+            problems += check_image_values(data, image)
         del data
 
     if label is None:
@@ -211,9 +250,9 @@ def validate_datalist(
     """
     Check every file of a datalist with :func:`check_image_label_pair` and raise once with all problems.
 
-    Items with a ``"label"`` are checked as pairs, items without one as images only. A missing or empty
-    key, an item without ``"image"`` and an image listed under two keys (train/validation leakage) are
-    problems too.
+    Items with a ``"label"`` are checked as pairs, items without one as images only. A missing, unreadable or
+    empty datalist file, a missing or empty key, an item without ``"image"`` and an image listed under two
+    keys (train/validation leakage) are problems too.
 
     Args:
         datalist: the datalist dict, or the path of a datalist JSON file.
@@ -224,23 +263,24 @@ def validate_datalist(
     Raises:
         DataValidationError: listing every problem found.
     """
+    source = base_dir
     if isinstance(datalist, (str, os.PathLike)):
-        with open(datalist) as f:
-            datalist = json.load(f)
+        source = os.fspath(datalist)
+        datalist = read_datalist(source)
     if isinstance(keys, str):
         keys = (keys,)
     problems: list[str] = []
     if not isinstance(datalist, Mapping) or not datalist:
-        raise DataValidationError([f"{base_dir}: datalist is empty or not a dict"])
+        raise DataValidationError([f"{source}: datalist is empty or not a dict"])
     seen: dict[str, str] = {}
     for key in keys:
         items = datalist.get(key)
         if not items:
-            problems.append(f"{base_dir}: datalist key '{key}' is missing or empty")
+            problems.append(f"{source}: datalist key '{key}' is missing or empty")
             continue
         for i, item in enumerate(items):
             if not isinstance(item, Mapping) or "image" not in item:
-                problems.append(f"{base_dir}: datalist['{key}'][{i}] has no 'image' entry: {item!r}")
+                problems.append(f"{source}: datalist['{key}'][{i}] has no 'image' entry: {item!r}")
                 continue
             image = _resolve(str(item["image"]), base_dir)
             norm = os.path.normpath(os.path.abspath(image))
@@ -252,6 +292,28 @@ def validate_datalist(
             problems += check_image_label_pair(image, label, num_classes)
     if problems:
         raise DataValidationError(problems)
+
+
+def read_datalist(path: str) -> Any:
+    """
+    Read a datalist JSON file, raising :class:`DataValidationError` naming the file when it is missing, is a
+    folder, or is not valid JSON.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataValidationError(
+            [
+                f"{path}: datalist file not found (config ids 'datalist' and 'dataset_dir'; write one with "
+                "python -m scripts.prepare_btcv or python -m scripts.synthetic)"
+            ]
+        )
+    if os.path.isdir(path):
+        raise DataValidationError([f"{path}: is a folder, not a datalist JSON file (config id 'datalist')"])
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataValidationError([f"{path}: datalist is not valid JSON ({e})"]) from None
 
 
 def write_json_atomic(data: Any, path: str, overwrite: bool = False, indent: int = 4) -> str:

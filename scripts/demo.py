@@ -70,7 +70,9 @@ def run_demo(
     run_bundle("evaluating", ["train.json", "evaluate.json", "demo.json"], output_dir=evaluation, **paths)
     inference_dir = os.path.join(workdir, "inference")
     paths["dataset_dir"] = os.path.join(data_dir, "Testing", "img")
-    run_bundle("inference", ["inference.json", "demo.json"], output_dir=inference_dir, save_overlays=True, **paths)
+    run_bundle(
+        "inference", ["inference.json", "demo.json"], output_dir=inference_dir, save_overlays=True, overwrite=True, **paths
+    )
 
     dice = _mean_dice(os.path.join(evaluation, "metrics.csv"))
     print(f"\nSynthetic demo finished in {time.time() - start:.0f} s.")

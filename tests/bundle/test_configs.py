@@ -8,6 +8,7 @@ import subprocess
 import sys
 import os
 
+import ignite.distributed
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -30,6 +31,8 @@ def single_process_group(tmp_path):
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     yield
     torch.distributed.destroy_process_group()
+    # ignite caches the distributed context it saw; later workflows in this process must see a serial one
+    ignite.distributed.utils._set_model(ignite.distributed.comp_models._SerialModel())
 
 
 @pytest.mark.parametrize("files, workflow_type", WORKFLOWS)

@@ -38,7 +38,7 @@ def test_training_writes_model(trained):
     models = trained["work"] / "models"
     for name in ("model.pt", "model_final.pt"):
         state = torch.load(models / name, map_location="cpu", weights_only=True)
-        assert "final_head.weight" in state and state["final_head.weight"].shape[0] == 14
+        assert state["decoder.final_head.weight"].shape[0] == 14
 
 
 def _dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:

@@ -1,0 +1,286 @@
+"""
+Bad input gives a clear error naming the file and the problem before any training or inference starts.
+
+The data cases go through the real entry point: the configs' ``initialize`` (``ConfigWorkflow``, as
+``python -m monai.bundle run`` does), with the CPU demo overlay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.config_check import RULES, ConfigValueError, check_config
+from scripts.datalist import DataValidationError, NonHUIntensityWarning
+
+from .conftest import AFFINE, SMALL_SHAPE, config_paths, ct_image, organ_label, root_cause, workflow, write_nifti, write_small_study
+
+TRAIN = ["train.json", "demo.json"]
+EVALUATE = ["train.json", "evaluate.json", "demo.json"]
+
+
+def _truncate(path: str, keep: float = 0.5) -> None:
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)])
+
+
+def _break(case: str, root: str, datalist: dict) -> str:
+    """Damage one file (or the datalist) of a valid small study the way ``case`` says; return its path."""
+    image = os.path.join(root, datalist["training"][0]["image"])
+    label = os.path.join(root, datalist["training"][0]["label"])
+    listing = os.path.join(root, "datalist.json")
+    if case == "truncated_image":
+        _truncate(image)
+        return image
+    if case == "corrupt_label":
+        open(label, "wb").write(b"not a NIfTI file at all" * 10)
+        return label
+    if case == "image_2d":
+        write_nifti(image, ct_image()[:, :, 0])
+        return image
+    if case == "image_4d":
+        write_nifti(image, np.stack([ct_image(), ct_image()], axis=-1))
+        return image
+    if case == "shape_mismatch":
+        write_nifti(label, organ_label((24, 24, 7)))
+        return label
+    if case == "affine_mismatch":
+        shifted = AFFINE.copy()
+        shifted[0, 3] += 5.0
+        write_nifti(label, organ_label(), shifted)
+        return label
+    if case == "label_out_of_range":
+        write_nifti(label, organ_label(value=15))
+        return label
+    if case == "zeros_image":
+        write_nifti(image, np.zeros(SMALL_SHAPE, np.int16))
+        return image
+    if case == "nan_image":
+        data = ct_image().astype(np.float32)
+        data[5, 5, 2] = np.nan
+        write_nifti(image, data)
+        return image
+    if case == "inf_image":
+        data = ct_image().astype(np.float32)
+        data[5, 5, 2] = -np.inf
+        write_nifti(image, data)
+        return image
+    if case == "missing_label":
+        os.remove(label)
+        return label
+    if case == "missing_datalist":
+        os.remove(listing)
+        return listing
+    if case == "invalid_datalist":
+        open(listing, "w").write('{"training": [')
+        return listing
+    if case == "empty_datalist":
+        open(listing, "w").write("{}")
+        return listing
+    if case == "empty_training_key":
+        json.dump({"training": [], "validation": datalist["validation"]}, open(listing, "w"))
+        return listing
+    raise AssertionError(case)
+
+
+BAD_DATA = [
+    ("truncated_image", "unreadable or truncated data"),
+    ("corrupt_label", "unreadable NIfTI"),
+    ("image_2d", "image is not 3D"),
+    ("image_4d", "image is not 3D (shape (24, 24, 8, 2), 4D)"),
+    ("shape_mismatch", "label shape (24, 24, 7) differs from image shape (24, 24, 8)"),
+    ("affine_mismatch", "label affine differs from image affine"),
+    ("label_out_of_range", "label values outside [0, 13] (14 classes): 15"),
+    ("zeros_image", "image is one constant value (0)"),
+    ("nan_image", "image contains 1 NaN/Inf voxel(s)"),
+    ("inf_image", "image contains 1 NaN/Inf voxel(s)"),
+    ("missing_label", "file not found"),
+    ("missing_datalist", "datalist file not found"),
+    ("invalid_datalist", "datalist is not valid JSON"),
+    ("empty_datalist", "datalist is empty"),
+    ("empty_training_key", "datalist key 'training' is missing or empty"),
+]
+
+
+@pytest.mark.parametrize("case, expected", BAD_DATA, ids=[c for c, _ in BAD_DATA])
+def test_training_refuses_bad_data_naming_the_file(tmp_path, case, expected):
+    root = str(tmp_path / "study")
+    broken = _break(case, root, write_small_study(root))
+    models = tmp_path / "models"
+    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(models), output_dir=str(tmp_path / "eval"))
+    with pytest.raises(Exception) as raised:
+        flow.initialize()
+    error = root_cause(raised.value)
+    assert isinstance(error, DataValidationError), repr(error)
+    assert any(p.startswith(f"{broken}: ") and expected in p for p in error.problems), error.problems
+    assert not models.exists()  # refused before anything was built or written
+
+
+def test_training_checks_labels_against_the_configured_classes(tmp_path):
+    root = str(tmp_path / "study")
+    datalist = write_small_study(root)  # the labels hold the value 6
+    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(tmp_path / "models"), num_classes=5)
+    with pytest.raises(Exception) as raised:
+        flow.initialize()
+    error = root_cause(raised.value)
+    label = os.path.join(root, datalist["training"][0]["label"])
+    assert f"{label}: label values outside [0, 4] (5 classes): 6" in str(error)
+
+
+def test_valid_small_study_passes_without_warnings(tmp_path):
+    root = str(tmp_path / "study")
+    write_small_study(root)
+    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(tmp_path / "models"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonHUIntensityWarning)
+        flow.initialize()
+
+
+def test_non_ct_range_warns_naming_the_file(tmp_path):
+    root = str(tmp_path / "study")
+    datalist = write_small_study(root)
+    image = os.path.join(root, datalist["training"][1]["image"])
+    write_nifti(image, (ct_image(seed=1).astype(np.float32) + 1000.0) / 2000.0)  # normalised to about 0-0.5
+    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(tmp_path / "models"))
+    with pytest.warns(NonHUIntensityWarning) as caught:
+        flow.initialize()  # a warning, not an error: the run may go on
+    assert any(str(w.message).startswith(f"{image}: intensities span [") for w in caught)
+
+
+def _write_model(path: str, network) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(network.state_dict(), path)
+
+
+def test_evaluation_validates_its_validation_cases_only(tmp_path, demo_network):
+    root = str(tmp_path / "study")
+    datalist = write_small_study(root)
+    models = str(tmp_path / "models")
+    _write_model(os.path.join(models, "model.pt"), demo_network)
+    os.remove(os.path.join(root, datalist["training"][0]["image"]))  # not needed to evaluate
+    workflow(EVALUATE, dataset_dir=root, ckpt_dir=models, output_dir=str(tmp_path / "eval")).initialize()
+
+    missing = os.path.join(root, datalist["validation"][0]["label"])
+    os.remove(missing)
+    flow = workflow(EVALUATE, dataset_dir=root, ckpt_dir=models, output_dir=str(tmp_path / "eval"))
+    with pytest.raises(Exception) as raised:
+        flow.initialize()
+    error = root_cause(raised.value)
+    assert isinstance(error, DataValidationError) and f"{missing}: file not found" in error.problems
+
+
+def test_evaluation_refuses_a_missing_checkpoint_before_reading_data(tmp_path):
+    root = str(tmp_path / "study")
+    write_small_study(root)
+    flow = workflow(EVALUATE, dataset_dir=root, ckpt_dir=str(tmp_path / "nothing"), output_dir=str(tmp_path / "eval"))
+    with pytest.raises(Exception) as raised:
+        flow.initialize()
+    error = root_cause(raised.value)
+    assert isinstance(error, FileNotFoundError) and str(tmp_path / "nothing" / "model.pt") in str(error)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# an image smaller than the training patch is padded, in training, validation and inference
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_image_smaller_than_the_patch_is_padded(tmp_path, demo_network):
+    from monai.bundle import ConfigParser
+
+    image = write_nifti(tmp_path / "small.nii.gz", ct_image((20, 20, 6)))  # 40x40x27 mm: 14x14x5 at 3x3x6 mm
+    label = write_nifti(tmp_path / "small_label.nii.gz", organ_label((20, 20, 6)))
+    train = ConfigParser()
+    train.read_config(config_paths(*TRAIN))
+    patch = train.get_parsed_content("patch_size")
+    samples = train.get_parsed_content("train#preprocessing")({"image": image, "label": label})
+    assert tuple(samples[0]["image"].shape) == (1, *patch) and tuple(samples[0]["label"].shape) == (1, *patch)
+
+    network = demo_network.eval()
+    validation = train.get_parsed_content("validate#preprocessing")({"image": image, "label": label})
+    assert all(s < p for s, p in zip(validation["image"].shape[1:], patch))
+    with torch.no_grad():
+        logits = train.get_parsed_content("validate#inferer")(validation["image"][None], network)
+    assert tuple(logits.shape) == (1, 14, *validation["image"].shape[1:])
+
+    infer = ConfigParser()
+    infer.read_config(config_paths("inference.json", "demo.json"))
+    data = infer.get_parsed_content("preprocessing")({"image": image})
+    with torch.no_grad():
+        logits = infer.get_parsed_content("inferer")(data["image"][None], network)
+    assert tuple(logits.shape) == (1, 14, *data["image"].shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config overrides of the wrong type
+# ---------------------------------------------------------------------------------------------------------------
+
+
+WRONG_TYPES = [
+    ("max_epochs", "ten", "config id 'max_epochs' must be a positive integer, got 'ten' (str)"),
+    ("max_epochs", 2.5, "must be a positive integer, got 2.5 (float)"),
+    ("batch_size", True, "must be a positive integer, got True (bool)"),
+    ("patch_size", 64, "must be a list of 3 positive integers"),
+    ("patch_size", [64, 64], "must be a list of 3 positive integers"),
+    ("target_spacing", [1.0, 1.0, -1.0], "must be a list of 3 positive numbers"),
+    ("num_classes", 1, "must be an integer >= 2"),
+    ("learning_rate", "1e-2x", "must be a positive number"),
+    ("cache_rate", 1.5, "must be a number in [0, 1]"),
+    ("check_data", "false", "write --check_data False"),
+    ("overwrite", "yes", "must be a boolean"),
+    ("tta_flip_axes", [0, 3], "distinct spatial axes among 0, 1, 2"),
+    ("resume", 3, "True, False or the path of a resumable checkpoint"),
+    ("checkpoint_interval", -1, "an integer >= 0"),
+    ("dataset_dir", None, "a non-empty path string"),
+]
+
+
+@pytest.mark.parametrize("key, value, expected", WRONG_TYPES, ids=[f"{k}-{type(v).__name__}" for k, v, _ in WRONG_TYPES])
+def test_wrong_config_types_are_named(key, value, expected):
+    with pytest.raises(ConfigValueError) as raised:
+        check_config({key: value})
+    assert expected in str(raised.value)
+
+
+def test_every_wrong_value_is_listed_at_once():
+    with pytest.raises(ConfigValueError) as raised:
+        check_config({"max_epochs": 0, "hu_min": 400.0, "hu_max": 300.0, "sw_overlap": 1.0})
+    text = str(raised.value)
+    assert text.startswith("3 invalid config value(s)")
+    assert "'max_epochs'" in text and "'hu_min' (400.0) must be smaller than 'hu_max' (300.0)" in text and "'sw_overlap'" in text
+
+
+def test_unknown_checked_id_is_a_config_mistake():
+    with pytest.raises(KeyError, match="no_such_id"):
+        check_config({"no_such_id": 1})
+
+
+CONFIG_SETS = [TRAIN, ["train.json"], EVALUATE, ["train.json", "multi_gpu_train.json"], ["inference.json"], ["inference.json", "demo.json"]]
+
+
+@pytest.mark.parametrize("files", CONFIG_SETS, ids=["+".join(f) for f in CONFIG_SETS])
+def test_config_defaults_pass_their_checks(files):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_paths(*files))
+    checked = parser.get_parsed_content("checked_config")
+    assert set(checked) <= set(RULES) and {"num_classes", "patch_size", "amp"} <= set(checked)
+    check_config(checked)
+    initialize = parser.get("initialize")
+    assert any("check_config(@checked_config)" in step for step in initialize)
+
+
+def test_wrong_override_fails_in_initialize(tmp_path):
+    root = str(tmp_path / "study")
+    write_small_study(root)
+    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(tmp_path / "models"), max_epochs="ten", patch_size=[64, 64])
+    with pytest.raises(Exception) as raised:
+        flow.initialize()
+    error = root_cause(raised.value)
+    assert isinstance(error, ConfigValueError)
+    assert "'max_epochs' must be a positive integer, got 'ten'" in str(error) and "'patch_size'" in str(error)

@@ -1,0 +1,403 @@
+"""Checkpoints: atomic writes that survive a kill, safe loading, clear errors for the wrong network."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from scripts.checkpoint import (
+    AtomicCheckpointSaver,
+    CheckpointError,
+    CheckpointLoader,
+    ResumableCheckpointSaver,
+    ResumeTraining,
+    check_checkpoint,
+    check_resume,
+    load_checkpoint,
+    resolve_resume_path,
+    save_atomic,
+)
+
+from .conftest import BUNDLE_ROOT, CONFIGS, config_paths
+
+
+def _engine() -> Engine:
+    engine = Engine(lambda e, b: None)
+    engine.state.max_epochs = 1
+    return engine
+
+
+def _network(**overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_paths("inference.json", "demo.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content("network_def")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# atomic writes, checked by killing the writer half-way
+# ---------------------------------------------------------------------------------------------------------------
+
+_KILLED_WRITE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
+from scripts.checkpoint import AtomicCheckpointSaver
+
+saver_class = {{"monai": CheckpointSaver, "ours": AtomicCheckpointSaver}}[{which!r}]
+net = torch.nn.Linear(4, 2)
+saver = saver_class({folder!r}, {{"model": net}}, save_key_metric=True, key_metric_name="dice", key_metric_filename="model.pt")
+engine = Engine(lambda e, b: None)
+engine.state.metrics = {{"dice": 0.5}}
+saver.metrics_completed(engine)  # first best model: model.pt written completely
+
+def killed_while_writing(obj, f, *args, **kwargs):
+    (open(f, "wb") if isinstance(f, (str, os.PathLike)) else f).write(b"PK partial")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = killed_while_writing
+with torch.no_grad():
+    net.weight.add_(1.0)
+engine.state.metrics = {{"dice": 0.9}}
+saver.metrics_completed(engine)  # a better model: killed while it is written
+"""
+
+
+def _kill_while_replacing(folder, which: str) -> subprocess.CompletedProcess:
+    script = _KILLED_WRITE.format(root=BUNDLE_ROOT, which=which, folder=str(folder))
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_best_model_survives_a_kill_during_its_replacement(tmp_path):
+    result = _kill_while_replacing(tmp_path, "ours")
+    assert result.returncode == -9, result.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "model.pt")  # the previous best model, complete
+    assert set(state) == {"weight", "bias"} and state["weight"].shape == (2, 4)
+
+
+def test_monai_checkpoint_saver_alone_loses_the_model(tmp_path):
+    """Why we wrap it: MONAI's saver deletes model.pt, then writes in place; a kill leaves nothing usable."""
+    result = _kill_while_replacing(tmp_path, "monai")
+    assert result.returncode == -9, result.stderr[-3000:]
+    path = tmp_path / "model.pt"
+    if path.exists():
+        with pytest.raises(CheckpointError, match="unreadable or (truncated|corrupt)"):
+            load_checkpoint(path)
+
+
+def test_save_atomic_leaves_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"w": torch.zeros(3)}, path)
+
+    def failing(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({"w": torch.ones(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["w"], torch.zeros(3))
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)  # readable by the group, as MONAI wants
+
+
+def test_configs_use_the_atomic_writers():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_paths("train.json", "demo.json"))
+    handlers = parser["train"]["handlers"] + [parser["validate"]["best_model_saver"]]
+    savers = [h["_target_"] for h in handlers if "CheckpointSaver" in h["_target_"]]
+    assert savers == [
+        "scripts.checkpoint.AtomicCheckpointSaver",
+        "scripts.checkpoint.ResumableCheckpointSaver",
+        "scripts.checkpoint.AtomicCheckpointSaver",
+    ]
+    assert parser["validate"]["handlers"][2] == "@validate#best_model_saver"
+    saver = parser.get_parsed_content("validate#best_model_saver")
+    assert isinstance(saver, AtomicCheckpointSaver)
+    assert type(saver._key_metric_checkpoint.save_handler).__name__ == "_AtomicDiskSaver"
+    for files, key in ((["inference.json"], "postprocessing"), (["train.json", "evaluate.json"], "validate#postprocessing")):
+        parser = ConfigParser()
+        parser.read_config(config_paths(*files))
+        writers = [t["writer"] for t in parser[key]["transforms"] if t["_target_"] == "SaveImaged"]
+        assert writers == ["scripts.infer_folder.AtomicNibabelWriter"], files
+
+
+def test_handler_indices_the_configs_rely_on():
+    """TrainingCurvesHandler reads train#handlers#7 and validate#handlers#1; multi-GPU drops the last 6 on rank > 0."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_paths("train.json", "demo.json"))
+    handlers = parser["train"]["handlers"]
+    targets = [h["_target_"] for h in handlers]
+    assert targets[0] == "scripts.checkpoint.ResumeTraining"  # every rank restores the state
+    assert targets[-6:] == [
+        "scripts.checkpoint.AtomicCheckpointSaver",
+        "scripts.checkpoint.ResumableCheckpointSaver",
+        "StatsHandler",
+        "TensorBoardStatsHandler",
+        "ignite.handlers.ProgressBar",
+        "scripts.report.TrainingCurvesHandler",
+    ]
+    assert handlers[-1]["writers"] == ["@train#handlers#7", "@validate#handlers#1"]
+    assert targets[7] == "TensorBoardStatsHandler"
+    assert parser["validate"]["handlers"][1]["_target_"] == "TensorBoardStatsHandler"
+    multi = json.load(open(os.path.join(CONFIGS, "multi_gpu_train.json")))
+    assert "[: -6 if dist.get_rank() > 0 else None]" in multi["train#trainer#train_handlers"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# safe loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: a stand-in for any code a malicious checkpoint could run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _malicious(path, marker) -> str:
+    torch.save({"model": {"weight": _Payload(str(marker))}}, str(path))
+    return str(path)
+
+
+def test_the_payload_is_live(tmp_path):
+    """Control: without weights_only the file runs its code, so the refusals below are meaningful."""
+    marker = tmp_path / "pwned"
+    path = _malicious(tmp_path / "evil.pt", marker)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_malicious_pickle_is_refused_by_every_loading_path(tmp_path):
+    from monai.bundle import ConfigParser
+
+    marker = tmp_path / "pwned"
+    path = _malicious(tmp_path / "model.pt", marker)
+    network = _network()
+
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        check_checkpoint(path, network)  # evaluation/inference "initialize"
+
+    parser = ConfigParser()  # inference.json's own loader, as configured
+    parser.read_config(config_paths("inference.json", "demo.json"))
+    parser["ckpt_path"] = path
+    parser["device"] = "$torch.device('cpu')"
+    with pytest.raises(CheckpointError, match=re.escape(path)):
+        parser.get_parsed_content("checkpointloader")(_engine())
+
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    resume = ResumeTraining(path, "unused", {"model": network, "optimizer": optimizer}, map_location="cpu")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        resume(_engine())
+    assert not marker.exists()
+
+
+def test_every_torch_load_in_scripts_and_configs_is_weights_only():
+    calls = []
+    for folder in ("scripts", "configs"):
+        for root, _, files in os.walk(os.path.join(BUNDLE_ROOT, folder)):
+            for name in files:
+                if name.endswith((".py", ".json")):
+                    text = open(os.path.join(root, name)).read()
+                    for match in re.finditer(r"torch\.load\(", text):
+                        call = text[match.start() : text.find(")", match.start()) + 1]
+                        calls.append((name, call))
+    assert calls, "expected our own loading code to call torch.load"
+    assert all("weights_only=True" in call for _, call in calls), [c for c in calls if "weights_only=True" not in c[1]]
+
+
+def test_configs_load_checkpoints_through_the_safe_loader_with_map_location():
+    from monai.bundle import ConfigParser
+
+    for files, key in ((["inference.json"], "checkpointloader"), (["train.json", "evaluate.json"], "validate#handlers#0")):
+        parser = ConfigParser()
+        parser.read_config(config_paths(*files))
+        loader = parser[key]
+        assert loader["_target_"] == "scripts.checkpoint.CheckpointLoader" and loader["map_location"] == "@device", files
+    parser = ConfigParser()
+    parser.read_config(config_paths("train.json"))
+    assert parser["train"]["handlers"][0]["map_location"] == "@device"
+
+
+def test_missing_and_truncated_checkpoints_name_the_file(tmp_path):
+    missing = tmp_path / "models" / "model.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        load_checkpoint(missing)
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.randn(100, 100)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ": unreadable or truncated"):
+        load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a checkpoint for another network
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _saved(tmp_path, network) -> str:
+    path = str(tmp_path / "model.pt")
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_checkpoint_with_another_number_of_classes(tmp_path):
+    path = _saved(tmp_path, _network(num_classes=5))
+    network = _network()
+    loader = CheckpointLoader(load_path=path, load_dict={"model": network}, map_location="cpu")
+    with pytest.raises(CheckpointError) as raised:
+        loader(_engine())
+    message = str(raised.value)
+    assert message.startswith(f"{path} does not fit the configured network")
+    assert "predicts 5 classes but the network is configured for 14 (config id 'num_classes')" in message
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"network_def#blocks": [2, 2, 2]}, "another network variant: 9 parameter(s) the network lacks (encoder.stages.0.1."),
+        ({"network_def#num_levels": 0}, "another network variant: "),
+        ({"network_def#d_model": 24, "network_def#channels": [16, 32, 24, 24]}, "have other shapes"),
+    ],
+    ids=["more_blocks", "without_detrans", "other_widths"],
+)
+def test_checkpoint_of_another_variant(tmp_path, overrides, expected):
+    path = _saved(tmp_path, _network(**overrides))
+    with pytest.raises(CheckpointError) as raised:
+        check_checkpoint(path, _network())
+    assert str(raised.value).startswith(f"{path} does not fit the configured network") and expected in str(raised.value)
+
+
+def test_matching_checkpoint_loads(tmp_path):
+    source = _network()
+    path = _saved(tmp_path, source)
+    network = _network()
+    CheckpointLoader(load_path=path, load_dict={"model": network}, map_location="cpu")(_engine())
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), network.state_dict().values()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resume options
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_option_values(tmp_path):
+    latest = tmp_path / "checkpoint_latest.pt"
+    for off in (False, None, "false", "False", ""):
+        assert resolve_resume_path(off, str(latest)) is None
+    with pytest.raises(FileNotFoundError, match=re.escape(f"cannot resume: checkpoint {latest} not found")):
+        resolve_resume_path(True, str(latest))
+    with pytest.raises(FileNotFoundError, match="elsewhere.pt"):
+        resolve_resume_path(str(tmp_path / "elsewhere.pt"), str(latest))
+    save_atomic({"w": torch.zeros(1)}, latest)
+    assert resolve_resume_path("true", str(latest)) == str(latest) == resolve_resume_path(True, str(latest))
+    assert resolve_resume_path(str(latest), "unused") == str(latest)
+    with pytest.raises(TypeError, match="'resume'"):
+        resolve_resume_path(3, str(latest))
+
+
+def test_fresh_training_warns_before_replacing_a_resumable_checkpoint(tmp_path):
+    latest = tmp_path / "checkpoint_latest.pt"
+    assert check_resume(False, str(latest)) is None  # nothing there: no warning needed
+    save_atomic({"w": torch.zeros(1)}, latest)
+    with pytest.warns(UserWarning, match="pass --resume true"):
+        check_resume(False, str(latest))
+
+
+def test_resume_refuses_a_weights_only_file(tmp_path):
+    network = _network()
+    path = _saved(tmp_path, network)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    resume = ResumeTraining(True, path, {"model": network, "optimizer": optimizer}, map_location="cpu")
+    with pytest.raises(CheckpointError, match="is not a resumable training checkpoint: it lacks"):
+        resume(_engine())
+
+
+def test_best_model_tracking_is_plain_data(tmp_path):
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(2, 2)}, save_key_metric=True,
+                                  key_metric_name="dice", key_metric_filename="model.pt")
+    engine = _engine()
+    engine.state.metrics = {"dice": 0.25}
+    saver.metrics_completed(engine)
+    save_atomic({"best": saver.state_dict()}, tmp_path / "state.pt")
+    state = load_checkpoint(tmp_path / "state.pt")["best"]  # weights_only=True accepts it
+    other = AtomicCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(2, 2)}, save_key_metric=True,
+                                  key_metric_name="dice", key_metric_filename="model.pt")
+    other.load_state_dict(state)
+    engine.state.metrics = {"dice": 0.2}  # worse than the restored best: model.pt is kept
+    before = os.stat(tmp_path / "model.pt").st_mtime_ns
+    other.metrics_completed(engine)
+    assert os.stat(tmp_path / "model.pt").st_mtime_ns == before
+
+
+def _tiny_training(seed: int = 0):
+    torch.manual_seed(seed)
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10, power=0.9)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        loss = net(batch).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    trainer = Engine(step)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())  # as LrScheduleHandler
+    return trainer, {"model": net, "optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def test_resumable_checkpoint_every_interval_and_at_the_end(tmp_path):
+    trainer, objects = _tiny_training()
+    saver = ResumableCheckpointSaver(str(tmp_path), objects, interval=2)
+    saver.attach(trainer)
+    path = tmp_path / "checkpoint_latest.pt"
+    seen = []
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: seen.append(load_checkpoint(path)["trainer"]["iteration"] if path.exists() else None)
+    )
+    data = [torch.randn(4, 3) for _ in range(3)]
+    trainer.run(data, max_epochs=5)
+    assert seen == [None, 6, 6, 12, 12]
+    saved = load_checkpoint(path)
+    assert saved["trainer"]["iteration"] == 15 and saved["lr_scheduler"]["last_epoch"] == 5
+
+    resumed, fresh = _tiny_training(seed=1)
+    ResumeTraining(True, str(path), fresh, map_location="cpu").attach(resumed)
+    epochs, buffers = [], []
+    resumed.add_event_handler(Events.STARTED, lambda e: buffers.append(
+        [s["momentum_buffer"].clone() for s in fresh["optimizer"].state_dict()["state"].values()]))
+    resumed.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append(e.state.epoch))
+    with pytest.warns(UserWarning, match="saved by a training with max_epochs=5, this one runs to 7"):
+        resumed.run(data, max_epochs=7)
+    expected = [s["momentum_buffer"] for s in saved["optimizer"]["state"].values()]
+    assert len(buffers[0]) == 2 and all(torch.equal(a, b) for a, b in zip(buffers[0], expected))
+    assert epochs == [6, 7] and fresh["lr_scheduler"].last_epoch == 7
+    with pytest.raises(ValueError, match="reserved"):
+        ResumableCheckpointSaver(str(tmp_path), {"trainer": fresh["model"]})
