@@ -81,9 +81,11 @@ def test_training_killed_with_sigkill_resumes_from_its_checkpoint(synthetic_stud
     assert scheduler.last_epoch == saved["lr_scheduler"]["last_epoch"] == epoch
     restored, expected = optimizer.state_dict()["state"], saved["optimizer"]["state"]
     assert len(restored) == len(expected) == len(list(network.parameters()))
-    for index, buffers in expected.items():
-        assert torch.equal(restored[index]["momentum_buffer"], buffers["momentum_buffer"])
-    assert any(b["momentum_buffer"].abs().sum() > 0 for b in expected.values())
+    for index, buffers in expected.items():  # every per-parameter buffer (momentum, Adam moments, step)
+        assert set(restored[index]) == set(buffers)
+        for key, value in buffers.items():
+            assert torch.equal(torch.as_tensor(restored[index][key]), torch.as_tensor(value)), (index, key)
+    assert any(v.abs().sum() > 0 for b in expected.values() for v in b.values() if torch.is_tensor(v) and v.ndim)
     for name, value in network.state_dict().items():
         assert torch.equal(value, saved["model"][name]), name
 
@@ -139,7 +141,8 @@ def test_two_seeded_trainings_are_identical(synthetic_study, tmp_path):
     for name, value in state_a["model"].items():
         assert torch.equal(value, state_b["model"][name]), name
     for index, buffers in state_a["optimizer"]["state"].items():
-        assert torch.equal(buffers["momentum_buffer"], state_b["optimizer"]["state"][index]["momentum_buffer"])
+        for key, value in buffers.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b["optimizer"]["state"][index][key]))
     assert state_a["validator"] == state_b["validator"] and state_a["validator"]["best_metric_epoch"] == 1
 
 
