@@ -25,7 +25,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -36,6 +35,8 @@ import torch.nn as nn
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 from monai.utils import min_version, optional_import
+
+from scripts.atomic import atomic_output
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -88,20 +89,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> str:
         the absolute path written.
     """
     path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_output(path) as temporary:
+        torch.save(obj, temporary)
     return path
 
 

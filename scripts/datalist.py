@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+
+from scripts.atomic import atomic_output
 
 __all__ = [
     "BTCV_LABELS",
@@ -335,21 +336,9 @@ def write_json_atomic(data: Any, path: str, overwrite: bool = False, indent: int
         raise IsADirectoryError(f"{path} is a directory; give the path of the JSON file to write.")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite True) to replace it.")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     text = json.dumps(data, indent=indent) + "\n"  # serialise before creating any file
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path) as temporary, open(temporary, "w") as f:
+        f.write(text)
     return path
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from monai.data import NibabelWriter
 from monai.data.utils import create_file_basename
 
+from scripts.atomic import atomic_output
 from scripts.datalist import check_image_label_pair, check_image_values
 
 __all__ = ["InferenceInputs", "check_image", "output_path", "AtomicNibabelWriter"]
@@ -234,18 +234,9 @@ class AtomicNibabelWriter(NibabelWriter):
 
     def write(self, filename: Any, verbose: bool = False, **obj_kwargs: Any) -> None:
         filename = os.fspath(filename)
-        folder, base = os.path.split(os.path.abspath(filename))
-        os.makedirs(folder, exist_ok=True)
+        base = os.path.basename(filename)
         ext = ".nii.gz" if base.endswith(".nii.gz") else os.path.splitext(base)[1]  # nibabel picks the format by it
-        handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-        os.close(handle)
-        try:
+        with atomic_output(filename, suffix=f".tmp{ext}") as temporary:
             super().write(temporary, verbose=False, **obj_kwargs)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, filename)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
         if verbose:
             logger.info(f"writing: {filename}")

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from monai.data.utils import create_file_basename
 from monai.transforms import MapTransform
 from monai.utils import min_version, optional_import
 
+from scripts.atomic import atomic_output
 from scripts.datalist import BTCV_LABELS
 from scripts.visualize import organ_colour, organ_name, save_figure_atomic, save_overlay_png
 
@@ -121,16 +121,8 @@ def _format(value: float) -> str:
 
 
 def _write_csv_atomic(path: str, rows: Sequence[Sequence[Any]]) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_output(path, suffix=".csv.tmp") as temporary, open(temporary, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
     return path
 
 

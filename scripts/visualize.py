@@ -24,6 +24,8 @@ from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from scripts.atomic import atomic_output  # noqa: E402
+
 __all__ = [
     "BTCV_COLOURS",
     "OVERLAY_FIGSIZE",
@@ -166,15 +168,11 @@ def _aspects(zooms: Sequence[float]) -> dict[str, float]:
 
 def save_figure_atomic(fig: Figure, output_png: str, dpi: int) -> str:
     """Save ``fig`` as PNG through a temporary file and ``os.replace`` (readers never see half a file); closes it."""
-    os.makedirs(os.path.dirname(os.path.abspath(output_png)), exist_ok=True)
-    temporary = f"{output_png}.{os.getpid()}.tmp.png"
     try:
-        fig.savefig(temporary, dpi=dpi, facecolor=fig.get_facecolor())
-        os.replace(temporary, output_png)
+        with atomic_output(output_png, suffix=".tmp.png") as temporary:
+            fig.savefig(temporary, dpi=dpi, facecolor=fig.get_facecolor())
     finally:
         plt.close(fig)
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return output_png
 
 

@@ -245,7 +245,7 @@ def run_benchmark(
     if write_docs:
         png = _plot(results, memory) if plot else None
         if png:
-            text += f"\n![MS-DMSA benchmark](benchmarks_ms_deform_attn.png)\n"
+            text += "\n![MS-DMSA benchmark](benchmarks_ms_deform_attn.png)\n"
         print("updated", update_docs_section("bench_ms_deform_attn", text))
     return results
 

@@ -92,16 +92,6 @@ def root_cause(error: BaseException) -> BaseException:
     return error
 
 
-@pytest.fixture(scope="session")
-def synthetic_study(tmp_path_factory) -> str:
-    """A small synthetic CT study in BTCV layout: 6 labelled cases (4 train, 2 held out) and 2 unlabelled."""
-    from scripts.synthetic import generate
-
-    root = str(tmp_path_factory.mktemp("study"))
-    generate(root, num_cases=6, num_test=2, shape=(96, 96, 32), spacing=(2.0, 2.0, 4.5), seed=3, val_fraction=0.34, overwrite=True)
-    return root
-
-
 @pytest.fixture
 def demo_network():
     """The demo overlay's (small) CoTr, built from the configs."""

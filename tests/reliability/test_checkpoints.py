@@ -101,7 +101,8 @@ def test_save_atomic_leaves_the_old_file_when_a_write_fails(tmp_path, monkeypatc
     save_atomic({"w": torch.zeros(3)}, path)
 
     def failing(obj, f, *args, **kwargs):
-        f.write(b"partial")
+        with open(f, "wb") as handle:  # half a checkpoint reaches the disk, then the write fails
+            handle.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing)

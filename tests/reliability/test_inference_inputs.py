@@ -50,7 +50,7 @@ def test_unreadable_cases_are_set_aside_and_reported(tmp_path, capsys):
     assert exited.value.code == 1
     summary = capsys.readouterr().err
     assert summary.startswith(f"inference: wrote 2 of 6 segmentation(s) to {output}")
-    assert f"skipped 4 input(s)" in summary and f"  {broken}: unreadable" in summary and f"  {missing}: file not found" in summary
+    assert "skipped 4 input(s)" in summary and f"  {broken}: unreadable" in summary and f"  {missing}: file not found" in summary
 
 
 def test_clean_run_finishes_with_status_zero(tmp_path, capsys):
