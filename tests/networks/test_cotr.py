@@ -267,18 +267,19 @@ def test_checkpointing_gives_same_loss_and_gradients(monkeypatch):
     assert sum(len(v) for v in calls.values()) == before
 
 
-def test_cpu_autocast_bfloat16():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast(dtype):
     torch.manual_seed(8)
     model = CoTr(out_channels=3, **SMALL).eval()
     x = torch.randn(1, 1, 32, 48, 16)
     with torch.no_grad():
         reference = model(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             low = model(x)
     assert low.shape == reference.shape and torch.isfinite(low).all()
     relative = (low.float() - reference).norm() / reference.norm()
     assert relative < 0.05, relative
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         outputs = model.train()(x)
     assert len(outputs) == 4 and all(torch.isfinite(o).all() for o in outputs)
 
