@@ -86,4 +86,4 @@ def run_demo(
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(run_demo)
+    fire.Fire(run_demo, serialize=lambda dice: None)  # run_demo prints its own summary
