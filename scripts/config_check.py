@@ -104,6 +104,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "resume": ("True, False or the path of a resumable checkpoint", _is_resume),
     "overwrite": _BOOL,
     "save_overlays": _BOOL,
+    "save_measurements": _BOOL,
     "amp": _BOOL,
     "tta_flip_axes": ("a list of distinct spatial axes among 0, 1, 2 (may be empty)", _is_flip_axes),
     "dataset_dir": _PATH,

@@ -44,6 +44,7 @@ __all__ = [
     "plot_training_curves",
     "TrainingCurvesHandler",
     "SaveOverlayd",
+    "SavedSegmentationTransform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -431,26 +432,79 @@ class TrainingCurvesHandler:
             return None
 
 
-class SaveOverlayd(MapTransform):
+class SavedSegmentationTransform(MapTransform):
     """
-    Inference postprocessing, placed after ``SaveImaged``: draw the overlay of the saved segmentation on the
-    original image (:func:`scripts.visualize.save_overlay_png`) into ``output_dir/<case>.png``.
-
-    The original image path is the ``filename_or_obj`` of the key's MetaTensor meta (or of
-    ``<key>_meta_dict``); the segmentation is ``seg_dir/<case>_<output_postfix><output_ext>``, as
-    ``SaveImaged(output_postfix=..., separate_folder=False)`` names it. A failure to draw is logged as a
-    warning; the data passes through unchanged.
+    Base of inference postprocessing placed after ``SaveImaged``: for every case, :meth:`write_case` gets the
+    original image path (the ``filename_or_obj`` of the key's MetaTensor meta, or of ``<key>_meta_dict``) and the
+    saved segmentation ``seg_dir/<case>_<output_postfix><output_ext>``, as ``SaveImaged(output_postfix=...,
+    separate_folder=False)`` names it. A failure is logged as a warning; the data passes through unchanged.
 
     Args:
         keys: the image key(s) whose file names identify the cases.
-        output_dir: folder of the PNGs.
+        output_dir: folder of what is written.
         seg_dir: folder of the saved segmentations; default ``output_dir``.
         output_postfix: ``SaveImaged``'s ``output_postfix``.
         output_ext: ``SaveImaged``'s ``output_ext``.
         label_names: label value -> organ name; default ``BTCV_LABELS``.
-        window: CT window (level, width) in HU.
         enabled: False makes the transform a no-op (so that a config can switch it off).
         allow_missing_keys: skip missing keys instead of raising.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        output_dir: str = "./outputs",
+        seg_dir: str | None = None,
+        output_postfix: str = "seg",
+        output_ext: str = ".nii.gz",
+        label_names: Mapping[int, str] | None = None,
+        enabled: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = output_dir
+        self.seg_dir = seg_dir if seg_dir is not None else output_dir
+        self.output_postfix = output_postfix
+        self.output_ext = output_ext
+        self.label_names = dict(BTCV_LABELS if label_names is None else label_names)
+        self.enabled = bool(enabled)
+
+    def _source(self, data: Mapping[Hashable, Any], key: Hashable) -> str | None:
+        meta = getattr(data[key], "meta", None) or data.get(f"{key}_meta_dict") or {}
+        source = meta.get("filename_or_obj")
+        if isinstance(source, (list, tuple)):  # a batch of one
+            source = source[0] if len(source) == 1 else None
+        return str(source) if source else None
+
+    def write_case(self, source: str, segmentation: str) -> None:
+        """Write this transform's output for one case: ``source`` image, ``segmentation`` file."""
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        name = type(self).__name__
+        for key in self.key_iterator(d):
+            source = self._source(d, key)
+            if source is None:
+                logger.warning(f"{name}: {key!r} has no filename_or_obj; case skipped.")
+                continue
+            segmentation = create_file_basename(
+                self.output_postfix, source, self.seg_dir, separate_folder=False, makedirs=False
+            ) + self.output_ext
+            try:
+                self.write_case(source, segmentation)
+            except Exception as e:
+                logger.warning(f"{name}: {source} skipped ({type(e).__name__}: {e}).")
+        return d
+
+
+class SaveOverlayd(SavedSegmentationTransform):
+    """
+    Draws the overlay of the saved segmentation on the original image (:func:`scripts.visualize.save_overlay_png`)
+    into ``output_dir/<case>.png``. Arguments as :class:`SavedSegmentationTransform`, plus ``window``: the CT
+    window (level, width) in HU.
 
     Example::
 
@@ -469,42 +523,14 @@ class SaveOverlayd(MapTransform):
         enabled: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
+        super().__init__(keys, output_dir, seg_dir, output_postfix, output_ext, label_names, enabled, allow_missing_keys)
         if len(window) != 2 or window[1] <= 0:
             raise ValueError(f"window must be (level, width) with width > 0, got {window}.")
-        self.output_dir = output_dir
-        self.seg_dir = seg_dir if seg_dir is not None else output_dir
-        self.output_postfix = output_postfix
-        self.output_ext = output_ext
-        self.label_names = dict(BTCV_LABELS if label_names is None else label_names)
         self.window = (float(window[0]), float(window[1]))
-        self.enabled = bool(enabled)
 
-    def _source(self, data: Mapping[Hashable, Any], key: Hashable) -> str | None:
-        meta = getattr(data[key], "meta", None) or data.get(f"{key}_meta_dict") or {}
-        source = meta.get("filename_or_obj")
-        if isinstance(source, (list, tuple)):  # a batch of one
-            source = source[0] if len(source) == 1 else None
-        return str(source) if source else None
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if not self.enabled:
-            return d
-        for key in self.key_iterator(d):
-            source = self._source(d, key)
-            if source is None:
-                logger.warning(f"SaveOverlayd: {key!r} has no filename_or_obj; overlay skipped.")
-                continue
-            segmentation = create_file_basename(
-                self.output_postfix, source, self.seg_dir, separate_folder=False, makedirs=False
-            ) + self.output_ext
-            output_png = os.path.join(self.output_dir, f"{case_name(source)}.png")
-            try:
-                save_overlay_png(source, segmentation, output_png, None, self.label_names, self.window)
-            except Exception as e:
-                logger.warning(f"SaveOverlayd: overlay of {source} not drawn ({type(e).__name__}: {e}).")
-        return d
+    def write_case(self, source: str, segmentation: str) -> None:
+        output_png = os.path.join(self.output_dir, f"{case_name(source)}.png")
+        save_overlay_png(source, segmentation, output_png, None, self.label_names, self.window)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,11 @@ def test_inference_keeps_input_geometry(trained, tmp_path):
     run_cli(
         "run", "inference", "--config_file", _configs("inference.json", "demo.json"),
         "--dataset_dir", images, "--ckpt_dir", str(trained["work"] / "models"), "--output_dir", str(output),
+        "--save_measurements", "True",
     )
     inputs = sorted(glob.glob(os.path.join(images, "*.nii.gz")))
+    with open(output / "measurements_summary.csv") as f:
+        assert len(list(csv.DictReader(f))) == 13 * len(inputs)  # one row per organ and case
     assert inputs
     for path in inputs:
         image = nib.load(path)
