@@ -52,6 +52,7 @@ __all__ = [
     "check_checkpoint",
     "resolve_resume_path",
     "check_resume",
+    "load_matching_weights",
     "AtomicCheckpointSaver",
     "CheckpointLoader",
     "ResumableCheckpointSaver",
@@ -244,6 +245,43 @@ def check_resume(resume: bool | str | None, checkpoint_path: str) -> str | None:
     elif path is not None:
         logger.info(f"training will resume from {path}")
     return path
+
+
+def load_matching_weights(
+    network: nn.Module, path: str | None, map_location: Any = "cpu", key: str = "model"
+) -> tuple[list[str], list[str]]:
+    """
+    Initialise ``network`` for fine-tuning from a checkpoint trained on another label set: copy every tensor
+    whose name and shape match, keep the network's own initialisation for the rest (typically the output heads),
+    and log what was skipped. Nothing is loaded when ``path`` is empty (config id ``pretrained``).
+
+    Args:
+        network: the network to initialise (a DDP wrapper is looked through).
+        path: a plain state dict, or a dict holding it under ``key``, read with ``weights_only=True``.
+        map_location: device for the loaded tensors.
+        key: where the state dict sits in a checkpoint dict.
+
+    Returns:
+        the names loaded and the names skipped.
+
+    Raises:
+        CheckpointError: the checkpoint shares no tensor with the network (most likely another architecture).
+    """
+    if not path:
+        return [], []
+    state = load_checkpoint(path, map_location)
+    if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+        state = state[key]
+    own = _unwrap(network).state_dict()
+    loaded = [name for name, value in state.items() if name in own and own[name].shape == value.shape]
+    skipped = sorted(set(own) - set(loaded))
+    if not loaded:
+        raise CheckpointError(f"{path}: no tensor matches the network by name and shape; is it a CoTr checkpoint?")
+    with torch.no_grad():
+        for name in loaded:
+            own[name].copy_(state[name])
+    logger.info(f"pretrained {path}: loaded {len(loaded)} tensors, re-initialised {len(skipped)}: {_listed(skipped)}")
+    return loaded, skipped
 
 
 class _AtomicDiskSaver(DiskSaver):

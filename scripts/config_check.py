@@ -102,6 +102,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sw_overlap": ("a number in [0, 1)", _number(0, 1, high_open=True)),
     "checkpoint_interval": ("an integer >= 0 (epochs; 0 saves only at the end)", _int(0)),
     "resume": ("True, False or the path of a resumable checkpoint", _is_resume),
+    "pretrained": ("an empty string or the path of a checkpoint to fine-tune from", lambda v: isinstance(v, str)),
     "overwrite": _BOOL,
     "save_overlays": _BOOL,
     "save_measurements": _BOOL,
