@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.config import KeysCollection
 
-from scripts.atomic import atomic_output
-from scripts.report import SavedSegmentationTransform, case_name
+from scripts.report import SavedSegmentationTransform, case_name, write_csv_atomic
 
 __all__ = ["MEASUREMENT_COLUMNS", "organ_measurements", "write_rows_csv", "SaveMeasurementsd"]
 
@@ -64,11 +61,7 @@ def organ_measurements(
 
 def write_rows_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
     """Write ``rows`` (columns :data:`MEASUREMENT_COLUMNS`) as CSV, atomically."""
-    with atomic_output(path, suffix=".csv.tmp") as temporary, open(temporary, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MEASUREMENT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_csv_atomic(path, [MEASUREMENT_COLUMNS] + [[row[c] for c in MEASUREMENT_COLUMNS] for row in rows])
 
 
 class SaveMeasurementsd(SavedSegmentationTransform):
@@ -78,18 +71,8 @@ class SaveMeasurementsd(SavedSegmentationTransform):
     with the rows of every case measured so far. Arguments as :class:`scripts.report.SavedSegmentationTransform`.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection = "image",
-        output_dir: str = "./measurements",
-        seg_dir: str | None = None,
-        output_postfix: str = "seg",
-        output_ext: str = ".nii.gz",
-        label_names: Mapping[int, str] | None = None,
-        enabled: bool = True,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, output_dir, seg_dir, output_postfix, output_ext, label_names, enabled, allow_missing_keys)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.summary: list[dict[str, Any]] = []
 
     def write_case(self, source: str, segmentation: str) -> None:

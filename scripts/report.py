@@ -45,6 +45,7 @@ __all__ = [
     "TrainingCurvesHandler",
     "SaveOverlayd",
     "SavedSegmentationTransform",
+    "write_csv_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def _format(value: float) -> str:
     return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4f}")
 
 
-def _write_csv_atomic(path: str, rows: Sequence[Sequence[Any]]) -> str:
+def write_csv_atomic(path: str, rows: Sequence[Sequence[Any]]) -> str:
+    """Write ``rows`` (header first) as CSV through a temporary file and a rename; returns ``path``."""
     with atomic_output(path, suffix=".csv.tmp") as temporary, open(temporary, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     return path
@@ -243,7 +245,7 @@ def write_evaluation_report(
             values = table.get(image, {})
             row += [_format(values.get(key, math.nan)) for key in [*columns, "mean"]]
         rows.append(row)
-    written = [_write_csv_atomic(os.path.join(report_dir, "per_case_metrics.csv"), rows)]
+    written = [write_csv_atomic(os.path.join(report_dir, "per_case_metrics.csv"), rows)]
     written.append(plot_dice_boxplot(dice, labels, names, os.path.join(report_dir, "dice_boxplot.png")))
 
     cases = _validation_labels(datalist, dataset_dir) if datalist else {}
