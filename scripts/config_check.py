@@ -60,6 +60,15 @@ def _is_resume(v: Any) -> bool:
     return v is None or isinstance(v, bool) or _is_path(v)
 
 
+def _is_label_names(v: Any) -> bool:
+    if not isinstance(v, Mapping) or not all(isinstance(name, str) and name for name in v.values()):
+        return False
+    try:
+        return sorted(int(k) for k in v) == list(range(len(v)))
+    except (TypeError, ValueError):
+        return False
+
+
 def _is_flip_axes(v: Any) -> bool:
     return (
         isinstance(v, Sequence)
@@ -79,6 +88,10 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "seed": ("an integer", _int()),
     "check_data": _BOOL,
     "num_classes": ("an integer >= 2 (classes including background)", _int(2)),
+    "label_names": (
+        "a map of label value -> class name for the values 0..N-1, e.g. {'0': 'background', '1': 'liver'}",
+        _is_label_names,
+    ),
     "patch_size": ("a list of 3 positive integers (x, y, z), e.g. [192, 192, 48]", _triple(_int(1))),
     "target_spacing": ("a list of 3 positive numbers in mm (x, y, z), e.g. [0.76, 0.76, 3.0]", _triple(_number(0, low_open=True))),
     "hu_min": _NUMBER,
@@ -149,6 +162,13 @@ def check_config(values: Mapping[str, Any]) -> None:
     lo, hi = values.get("hu_min"), values.get("hu_max")
     if _is_number(lo) and _is_number(hi) and lo >= hi:
         problems.append(f"config id 'hu_min' ({lo}) must be smaller than 'hu_max' ({hi})")
+    names, num_classes = values.get("label_names"), values.get("num_classes")
+    if _is_label_names(names) and _is_int(num_classes) and len(names) != num_classes:
+        problems.append(
+            f"config id 'label_names' names {len(names)} classes but 'num_classes' is {num_classes}: set both "
+            "(e.g. --label_names \"{'0': 'background', '1': 'liver'}\"), or use the dataset overlay written by "
+            "python -m scripts.fingerprint"
+        )
     if problems:
         raise ConfigValueError(
             f"{len(problems)} invalid config value(s):\n" + "\n".join(f"  {p}" for p in problems)

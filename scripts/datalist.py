@@ -86,11 +86,13 @@ class DataValidationError(ValueError):
     starting with the file it concerns; the problems are also available as the list ``problems``.
     """
 
-    def __init__(self, problems: Sequence[str], header: str = "dataset validation failed"):
+    def __init__(self, problems: Sequence[str], header: str = "dataset validation failed", footer: str = ""):
         self.problems = list(problems)
         files = {p.split(": ", 1)[0] for p in self.problems}
         lines = [f"{header}: {len(self.problems)} problem(s) in {len(files)} file(s):"]
         lines += [f"  {p}" for p in self.problems]
+        if footer:
+            lines.append(footer)
         super().__init__("\n".join(lines))
 
 
@@ -304,12 +306,12 @@ def read_datalist(path: str) -> Any:
     if not os.path.exists(path):
         raise DataValidationError(
             [
-                f"{path}: datalist file not found (config ids 'datalist' and 'dataset_dir'; write one with "
-                "python -m scripts.prepare_btcv or python -m scripts.synthetic)"
+                f"{path}: datalist file not found (config ids 'data_list_file_path' and 'dataset_dir'; write one with "
+                "python -m scripts.prepare_btcv, python -m scripts.prepare_dataset or python -m scripts.synthetic)"
             ]
         )
     if os.path.isdir(path):
-        raise DataValidationError([f"{path}: is a folder, not a datalist JSON file (config id 'datalist')"])
+        raise DataValidationError([f"{path}: is a folder, not a datalist JSON file (config id 'data_list_file_path')"])
     try:
         with open(path) as f:
             return json.load(f)
@@ -416,6 +418,7 @@ def make_datalist(
     labels: Mapping[int, str] = BTCV_LABELS,
     description: str = "",
     split: str = "",
+    modality: str = "CT",
 ) -> dict:
     """
     Assemble a decathlon-style datalist dict (paths as given; keep them relative to the dataset folder).
@@ -427,9 +430,11 @@ def make_datalist(
         labels: label index -> name; written with string keys.
         description: free text.
         split: how training/validation were split, e.g. ``"paper"`` or ``"random (seed=0, val_fraction=0.3)"``.
+        modality: the imaging modality of the single input channel, e.g. ``"CT"`` or ``"MR"``.
     """
     return {
         "description": description,
+        "modality": {"0": modality},
         "labels": {str(k): v for k, v in sorted(labels.items())},
         "split": split,
         "training": [dict(d) for d in training],

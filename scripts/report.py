@@ -67,12 +67,13 @@ BTCV_MERGED_LABELS: dict[int, str] = {
     11: "adrenal_glands",
 }
 
-#: column prefix of ``per_case_metrics.csv`` -> (MetricsSaver raw CSV in the evaluation folder, protocol)
-METRIC_FILES: dict[str, tuple[str, str]] = {
-    "dice_13": ("val_mean_dice_raw.csv", "13"),
-    "hd95_13": ("val_hd95_raw.csv", "13"),
-    "dice_11": ("val_mean_dice_merged_raw.csv", "11"),
-    "hd95_11": ("val_hd95_merged_raw.csv", "11"),
+#: (metric, protocol) -> the MetricsSaver raw CSV that ``configs/evaluate.json`` writes into the evaluation folder;
+#: protocol "all" scores every class, "merged" the classes of ``merged_label_map`` (BTCV: the paper's 11 organs)
+METRIC_FILES: dict[tuple[str, str], str] = {
+    ("dice", "all"): "val_mean_dice_raw.csv",
+    ("hd95", "all"): "val_hd95_raw.csv",
+    ("dice", "merged"): "val_mean_dice_merged_raw.csv",
+    ("hd95", "merged"): "val_hd95_merged_raw.csv",
 }
 
 # the matplotlib figures of this module: size in inches and dpi
@@ -191,6 +192,7 @@ def _validation_labels(datalist: str, dataset_dir: str | None) -> dict[str, tupl
 def write_evaluation_report(
     eval_dir: str,
     label_names: Mapping[int, str] | None = None,
+    merged_label_names: Mapping[int, str] | None = None,
     dataset_dir: str | None = None,
     datalist: str | None = None,
 ) -> list[str]:
@@ -202,46 +204,55 @@ def write_evaluation_report(
     ``val_hd95_merged_raw.csv`` (used when present) and the segmentations
     ``segmentations/<case>_seg.nii.gz``. Writes:
 
-    - ``per_case_metrics.csv``: ``case``, ``image``, then ``dice_13/<organ>`` ... ``dice_13/mean``,
-      ``hd95_13/<organ>`` ..., ``dice_11/<organ>`` ... and ``hd95_11/<organ>`` ... (13-organ protocol and the
-      paper's 11-organ protocol, HD95 in mm); ``nan`` where an organ is absent from prediction and ground truth.
-    - ``dice_boxplot.png``: Dice of each of the 13 organs across cases.
+    - ``per_case_metrics.csv``: ``case``, ``image``, then ``dice_<N>/<class>`` ... ``dice_<N>/mean`` and
+      ``hd95_<N>/<class>`` ... for the N foreground classes, then the same for the merged classes when they
+      differ (BTCV: ``dice_13/...``, ``hd95_13/...``, ``dice_11/...``, ``hd95_11/...``, the paper's 11-organ
+      protocol; HD95 in mm); ``nan`` where a class is absent from prediction and ground truth.
+    - ``dice_boxplot.png``: Dice of each class across cases.
     - ``<case>.png``: the overlay of every case (:func:`scripts.visualize.save_overlay_png`) with its Dice per
-      organ in the legend, and the ground truth when ``datalist`` is given (its ``validation`` entries,
+      class in the legend, and the ground truth when ``datalist`` is given (its ``validation`` entries,
       paths relative to ``dataset_dir``, default the datalist's folder). A case whose files are missing is
       skipped with a warning.
 
     Args:
         eval_dir: the evaluation output folder (``output_dir`` of the config).
-        label_names: label value -> organ name of the 13-organ protocol; default ``BTCV_LABELS``.
+        label_names: label value -> class name (config id ``label_names``); default ``BTCV_LABELS``.
+        merged_label_names: merged label value -> name (config id ``merged_label_names``); default
+            ``BTCV_MERGED_LABELS``. Merged metrics with as many classes as ``label_names`` are the same metrics
+            again and are left out.
         dataset_dir: folder the datalist paths are relative to.
         datalist: datalist JSON for the ground-truth labels, or None to draw the predictions only.
 
     Returns:
         the written files: the CSV, the box plot, then the overlays.
     """
-    names = dict(BTCV_LABELS if label_names is None else {int(k): v for k, v in label_names.items()})
-    dice_csv = os.path.join(eval_dir, METRIC_FILES["dice_13"][0])
+    names = {int(k): v for k, v in (BTCV_LABELS if label_names is None else label_names).items()}
+    merged = {int(k): v for k, v in (BTCV_MERGED_LABELS if merged_label_names is None else merged_label_names).items()}
+    protocols = {"all": names, "merged": merged}
+    dice_csv = os.path.join(eval_dir, METRIC_FILES[("dice", "all")])
     if not os.path.isfile(dice_csv):
-        raise FileNotFoundError(f"{eval_dir}: no {METRIC_FILES['dice_13'][0]}; run the evaluation first.")
+        raise FileNotFoundError(f"{eval_dir}: no {METRIC_FILES[('dice', 'all')]}; run the evaluation first.")
     report_dir = os.path.join(eval_dir, "report")
-    tables: dict[str, tuple[list[int], dict[str, dict[int | str, float]]]] = {}
-    for prefix, (file_name, _) in METRIC_FILES.items():
+    tables: dict[str, tuple[list[int], dict[str, dict[int | str, float]], Mapping[int, str]]] = {}
+    for (metric, protocol), file_name in METRIC_FILES.items():
+        protocol_names = protocols[protocol]
+        if protocol == "merged" and len(merged) == len(names):
+            continue
+        prefix = f"{metric}_{len(protocol_names) - 1}"
         path = os.path.join(eval_dir, file_name)
         if os.path.isfile(path):
-            tables[prefix] = read_raw_metrics(path)
+            tables[prefix] = (*read_raw_metrics(path), protocol_names)
         else:
             logger.warning(f"{path} not found: per_case_metrics.csv has no {prefix} columns.")
-    labels, dice = tables["dice_13"]
+    labels, dice, _ = tables[f"dice_{len(names) - 1}"]
 
     header = ["case", "image"]
-    for prefix, (columns, _) in tables.items():
-        protocol_names = names if METRIC_FILES[prefix][1] == "13" else BTCV_MERGED_LABELS
+    for prefix, (columns, _, protocol_names) in tables.items():
         header += [f"{prefix}/{organ_name(label, protocol_names)}" for label in columns] + [f"{prefix}/mean"]
     rows: list[list[Any]] = [header]
     for image in dice:
         row: list[Any] = [case_name(image), image]
-        for columns, table in tables.values():
+        for columns, table, _ in tables.values():
             values = table.get(image, {})
             row += [_format(values.get(key, math.nan)) for key in [*columns, "mean"]]
         rows.append(row)
@@ -447,7 +458,7 @@ class SavedSegmentationTransform(MapTransform):
         seg_dir: folder of the saved segmentations; default ``output_dir``.
         output_postfix: ``SaveImaged``'s ``output_postfix``.
         output_ext: ``SaveImaged``'s ``output_ext``.
-        label_names: label value -> organ name; default ``BTCV_LABELS``.
+        label_names: label value -> class name (int or string keys, as config id ``label_names``); default ``BTCV_LABELS``.
         enabled: False makes the transform a no-op (so that a config can switch it off).
         allow_missing_keys: skip missing keys instead of raising.
     """
@@ -468,7 +479,7 @@ class SavedSegmentationTransform(MapTransform):
         self.seg_dir = seg_dir if seg_dir is not None else output_dir
         self.output_postfix = output_postfix
         self.output_ext = output_ext
-        self.label_names = dict(BTCV_LABELS if label_names is None else label_names)
+        self.label_names = {int(k): v for k, v in (BTCV_LABELS if label_names is None else label_names).items()}
         self.enabled = bool(enabled)
 
     def _source(self, data: Mapping[Hashable, Any], key: Hashable) -> str | None:

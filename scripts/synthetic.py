@@ -11,8 +11,9 @@ with the in-plane axes swapped or the slice order reversed), so ``Orientationd("
 
 Usage::
 
-    python -m scripts.synthetic --output_dir /tmp/synth --num_cases 12
-    python -m scripts.synthetic --output_dir /tmp/synth --num_cases 4 --num_test 2 --shape "[96,96,32]"
+    python -m scripts.synthetic btcv --output_dir /tmp/synth --num_cases 12
+    python -m scripts.synthetic btcv --output_dir /tmp/synth --num_cases 4 --num_test 2 --shape "[96,96,32]"
+    python -m scripts.synthetic msd --output_dir /tmp/synth_msd --num_cases 6   # MSD layout, liver + spleen
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -29,7 +31,7 @@ from scipy import ndimage
 from scripts.datalist import BTCV_LABELS
 from scripts.prepare_btcv import prepare_btcv
 
-__all__ = ["make_phantom", "phantom_to_nifti", "generate", "ORGAN_HU", "CASE_AXCODES"]
+__all__ = ["make_phantom", "phantom_to_nifti", "generate", "generate_msd", "ORGAN_HU", "CASE_AXCODES", "MSD_LABELS"]
 
 #: nominal HU per label (portal-venous phase); each case jitters them
 ORGAN_HU: dict[int, float] = {
@@ -349,6 +351,58 @@ def _case_seed(seed: int, case: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(case)]).generate_state(1)[0])
 
 
+def _synthetic_cases(
+    total: int,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    seed: int,
+    describe: Callable[[int], str],
+) -> Iterator[tuple[int, nib.Nifti1Image, nib.Nifti1Image]]:
+    """
+    ``(case, image, label)`` NIfTI pairs for cases 1..total: each with its own spacing (``spacing`` jittered by
+    up to ~10-15 %), a scanner-like non-zero origin and an orientation from :data:`CASE_AXCODES`; prints a
+    progress line per case, naming it ``describe(case)``.
+    """
+    start = time.perf_counter()
+    for case in range(1, total + 1):
+        rng = np.random.default_rng(_case_seed(seed, 10_000 + case))
+        f_xy = rng.uniform(0.9, 1.1)
+        case_spacing = (spacing[0] * f_xy, spacing[1] * f_xy, spacing[2] * rng.uniform(0.85, 1.15))
+        centre = rng.uniform([-30.0, -30.0, -620.0], [30.0, 30.0, -380.0])  # scanner-like table position
+        origin = centre - (np.asarray(shape) - 1) / 2.0 * np.asarray(case_spacing)
+        axcodes = CASE_AXCODES[(case - 1) % len(CASE_AXCODES)]
+        image, label = make_phantom(shape, case_spacing, seed=_case_seed(seed, case))
+        img, lbl = phantom_to_nifti(image, label, case_spacing, axcodes=axcodes, origin=origin)
+        print(
+            f"[{case}/{total}] {describe(case)} ({axcodes}, spacing {case_spacing[0]:.2f}x{case_spacing[1]:.2f}x"
+            f"{case_spacing[2]:.2f} mm, {time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
+        yield case, img, lbl
+
+
+def _prepare_output_dir(output_dir: str, overwrite: bool, stale: Callable[[str], bool], folders: Sequence[str]) -> str:
+    """
+    Create ``output_dir`` and its ``folders``; a non-empty ``output_dir`` is refused unless ``overwrite``, and then
+    the files for which ``stale(name)`` is true in ``folders`` (an earlier run's cases) are removed.
+    """
+    output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
+    if os.path.isfile(output_dir):
+        raise NotADirectoryError(f"{output_dir} is a file; give a folder to write the cases into.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} is not empty; pass --overwrite True to write into it.")
+        for sub in folders:
+            folder = os.path.join(output_dir, sub)
+            if os.path.isdir(folder):
+                for name in os.listdir(folder):
+                    if stale(name):
+                        os.remove(os.path.join(folder, name))
+    for sub in folders:
+        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    return output_dir
+
+
 def generate(
     output_dir: str,
     num_cases: int = 12,
@@ -388,42 +442,17 @@ def generate(
         raise ValueError(f"num_test must be an integer >= 0, got {num_test}.")
     shape = _check_triplet("shape", shape, int)
     spacing = _check_triplet("spacing", spacing, float)
-    output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
-    if os.path.isfile(output_dir):
-        raise NotADirectoryError(f"{output_dir} is a file; give a folder to write the cases into.")
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        if not overwrite:
-            raise FileExistsError(f"{output_dir} is not empty; pass --overwrite True to write into it.")
-        for sub in ("Training/img", "Training/label", "Testing/img"):  # drop stale cases of an earlier run
-            folder = os.path.join(output_dir, sub)
-            if os.path.isdir(folder):
-                for name in os.listdir(folder):
-                    if _CASE_RE.match(name):
-                        os.remove(os.path.join(folder, name))
-    for sub in ("Training/img", "Training/label") + (("Testing/img",) if num_test else ()):
-        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    folders = ("Training/img", "Training/label") + (("Testing/img",) if num_test else ())
+    output_dir = _prepare_output_dir(output_dir, overwrite, lambda name: bool(_CASE_RE.match(name)), folders)
 
-    total = int(num_cases) + int(num_test)
-    start = time.perf_counter()
-    for case in range(1, total + 1):
-        rng = np.random.default_rng(_case_seed(seed, 10_000 + case))
-        f_xy = rng.uniform(0.9, 1.1)
-        case_spacing = (spacing[0] * f_xy, spacing[1] * f_xy, spacing[2] * rng.uniform(0.85, 1.15))
-        centre = rng.uniform([-30.0, -30.0, -620.0], [30.0, 30.0, -380.0])  # scanner-like table position
-        origin = centre - (np.asarray(shape) - 1) / 2.0 * np.asarray(case_spacing)
-        axcodes = CASE_AXCODES[(case - 1) % len(CASE_AXCODES)]
-        image, label = make_phantom(shape, case_spacing, seed=_case_seed(seed, case))
-        img, lbl = phantom_to_nifti(image, label, case_spacing, axcodes=axcodes, origin=origin)
+    def image_path(case: int) -> str:
+        return f"{'Testing' if case > num_cases else 'Training'}/img/img{case:04d}.nii.gz"
+
+    for case, img, lbl in _synthetic_cases(int(num_cases) + int(num_test), shape, spacing, seed, image_path):
         testing = case > num_cases
-        rel = f"{'Testing' if testing else 'Training'}/img/img{case:04d}.nii.gz"
-        nib.save(img, os.path.join(output_dir, rel))
+        nib.save(img, os.path.join(output_dir, image_path(case)))
         if not testing:
             nib.save(lbl, os.path.join(output_dir, f"Training/label/label{case:04d}.nii.gz"))
-        print(
-            f"[{case}/{total}] {rel} ({axcodes}, spacing {case_spacing[0]:.2f}x{case_spacing[1]:.2f}x"
-            f"{case_spacing[2]:.2f} mm, {time.perf_counter() - start:.1f} s)",
-            flush=True,
-        )
     return prepare_btcv(
         output_dir,
         output=os.path.join(output_dir, "datalist.json"),
@@ -434,7 +463,80 @@ def generate(
     )
 
 
+#: the classes of :func:`generate_msd`: class name -> the BTCV labels it merges (everything else is background)
+MSD_LABELS: dict[str, tuple[int, ...]] = {"liver": (6,), "spleen": (1,)}
+
+
+def generate_msd(
+    output_dir: str,
+    num_cases: int = 6,
+    num_test: int = 0,
+    labels: Mapping[str, Sequence[int]] = MSD_LABELS,
+    shape: Sequence[int] = (96, 96, 32),
+    spacing: Sequence[float] = (1.5, 1.5, 4.5),
+    seed: int = 0,
+    nnunet: bool = False,
+    modality: str = "CT",
+    overwrite: bool = False,
+) -> str:
+    """
+    Write synthetic cases in the Medical Segmentation Decathlon layout (``dataset.json``, ``imagesTr``,
+    ``labelsTr``, ``imagesTs``), or the nnU-Net raw layout, with a label set of one's choosing: a stand-in for a
+    user's own dataset. Case geometry is as in :func:`generate` (anisotropic, non-RAS, per-case spacing).
+
+    Args:
+        output_dir: folder to create; an existing non-empty folder is refused unless ``overwrite``.
+        num_cases: labelled cases.
+        num_test: unlabelled images in ``imagesTs``.
+        labels: class name -> BTCV labels (:data:`scripts.datalist.BTCV_LABELS`) it is made of, in label-value
+            order from 1.
+        shape: volume size (x, y, z) in voxels.
+        spacing: nominal voxel size (x, y, z) in mm.
+        seed: random seed of the phantoms.
+        nnunet: nnU-Net v2 layout: ``<case>_0000.nii.gz`` images, ``channel_names`` and name -> value
+            ``labels``, no file list; otherwise MSD: ``modality``, value -> name ``labels`` and a ``training`` list.
+        modality: ``"CT"`` writes HU; any other name writes the phantom rescaled to positive MR-like values.
+        overwrite: allow a non-empty ``output_dir``.
+
+    Returns:
+        the path of ``dataset.json``.
+    """
+    shape = _check_triplet("shape", shape, int)
+    spacing = _check_triplet("spacing", spacing, float)
+    folders = ("imagesTr", "labelsTr") + (("imagesTs",) if num_test else ())
+    output_dir = _prepare_output_dir(output_dir, overwrite, lambda name: name.endswith(".nii.gz"), folders)
+    lut = np.zeros(len(BTCV_LABELS), np.uint8)
+    for value, btcv_labels in enumerate(labels.values(), start=1):
+        lut[list(btcv_labels)] = value
+    suffix = "_0000" if nnunet else ""
+
+    def image_path(case: int) -> str:
+        return f"{'imagesTs' if case > num_cases else 'imagesTr'}/case_{case:03d}{suffix}.nii.gz"
+
+    training = []
+    for case, img, lbl in _synthetic_cases(int(num_cases) + int(num_test), shape, spacing, seed, image_path):
+        if modality.upper() != "CT":
+            data = (np.asanyarray(img.dataobj).astype(np.float32) + 1024.0) * 0.5
+            img = nib.Nifti1Image(data, img.affine, img.header)
+            img.header.set_data_dtype(np.float32)
+        nib.save(img, os.path.join(output_dir, image_path(case)))
+        if case <= num_cases:
+            label = f"labelsTr/case_{case:03d}.nii.gz"
+            nib.save(nib.Nifti1Image(lut[np.asanyarray(lbl.dataobj)], lbl.affine, lbl.header), os.path.join(output_dir, label))
+            training.append({"image": f"./{image_path(case)}", "label": f"./{label}"})
+    names = ["background", *labels]
+    spec: dict = {"name": "SyntheticCT", "description": "synthetic abdominal phantoms", "numTraining": len(training)}
+    if nnunet:
+        spec.update(channel_names={"0": modality}, labels={n: i for i, n in enumerate(names)}, file_ending=".nii.gz")
+    else:
+        spec.update(modality={"0": modality}, labels={str(i): n for i, n in enumerate(names)}, training=training)
+    path = os.path.join(output_dir, "dataset.json")
+    with open(path, "w") as f:
+        json.dump(spec, f, indent=4)
+    return path
+
+
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(generate)
+    fire.Fire({"btcv": generate, "msd": generate_msd})

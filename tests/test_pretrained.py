@@ -64,7 +64,7 @@ def test_three_class_training_starts_from_a_fourteen_class_checkpoint(synthetic_
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs,
          "--dataset_dir", str(study), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-         "--num_classes", "3", "--pretrained", str(tmp_path / "btcv.pt"),
+         "--num_classes", "3", "--label_names", str({"0": "background", "1": "liver", "2": "spleen"}), "--pretrained", str(tmp_path / "btcv.pt"),
          "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", "--num_workers", "0",
          "--logging_file", os.path.join(BUNDLE_ROOT, "configs", "logging.conf")],
         cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=900,

@@ -71,10 +71,14 @@ def test_single_scale_overlay_attends_over_one_level():
 def test_inference_and_train_describe_the_same_network_and_preprocessing():
     train, infer = (json.load(open(p)) for p in config_paths("train.json", "inference.json"))
     assert train["network_def"] == infer["network_def"]
-    for key in ("patch_size", "target_spacing", "hu_min", "hu_max", "intensity_mean", "intensity_std", "num_classes"):
+    shared = ("patch_size", "target_spacing", "hu_min", "hu_max", "intensity_mean", "intensity_std", "num_classes")
+    for key in (*shared, "label_names", "normalize_intensity", "foreground_crop_hu"):
         assert train[key] == infer[key], key
-    loaded = [t["_target_"] for t in train["train"]["deterministic_transforms"]]
-    assert loaded == [t["_target_"] for t in infer["preprocessing"]["transforms"]]
+    def targets(transforms: list) -> list[str]:
+        return [t if isinstance(t, str) else t["_target_"] for t in transforms]
+
+    loaded = targets(train["train"]["deterministic_transforms"])
+    assert loaded == targets(infer["preprocessing"]["transforms"]) and "@normalize_intensity" in loaded
 
 
 def test_recipe_numbers_follow_the_paper():

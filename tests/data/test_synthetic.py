@@ -181,7 +181,7 @@ def test_generate_refuses_non_empty_and_overwrite_replaces(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "scripts.synthetic", "--output_dir", str(out), "--num_cases", "2"]
+    cmd = [sys.executable, "-m", "scripts.synthetic", "btcv", "--output_dir", str(out), "--num_cases", "2"]
     result = subprocess.run(cmd + ["--shape", "[16,16,8]"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "[2/2] Training/img/img0002.nii.gz" in result.stdout

@@ -124,7 +124,8 @@ def test_training_refuses_bad_data_naming_the_file(tmp_path, case, expected):
 def test_training_checks_labels_against_the_configured_classes(tmp_path):
     root = str(tmp_path / "study")
     datalist = write_small_study(root)  # the labels hold the value 6
-    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(tmp_path / "models"), num_classes=5)
+    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(tmp_path / "models"), num_classes=5,
+                    label_names={str(i): f"class_{i}" for i in range(5)})
     with pytest.raises(Exception) as raised:
         flow.initialize()
     error = root_cause(raised.value)
@@ -236,6 +237,8 @@ WRONG_TYPES = [
     ("resume", 3, "True, False or the path of a resumable checkpoint"),
     ("checkpoint_interval", -1, "an integer >= 0"),
     ("dataset_dir", None, "a non-empty path string"),
+    ("label_names", {"0": "background", "2": "liver"}, "a map of label value -> class name for the values 0..N-1"),
+    ("label_names", ["background", "liver"], "a map of label value -> class name"),
 ]
 
 
@@ -252,6 +255,12 @@ def test_every_wrong_value_is_listed_at_once():
     text = str(raised.value)
     assert text.startswith("3 invalid config value(s)")
     assert "'max_epochs'" in text and "'hu_min' (400.0) must be smaller than 'hu_max' (300.0)" in text and "'sw_overlap'" in text
+
+
+def test_label_names_must_name_every_class():
+    with pytest.raises(ConfigValueError, match="'label_names' names 14 classes but 'num_classes' is 3: set both"):
+        check_config({"num_classes": 3, "label_names": {str(i): f"c{i}" for i in range(14)}})
+    check_config({"num_classes": 3, "label_names": {"0": "background", "1": "liver", "2": "spleen"}})
 
 
 def test_unknown_checked_id_is_a_config_mistake():
