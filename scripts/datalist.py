@@ -44,6 +44,7 @@ __all__ = [
     "write_json_atomic",
     "split_cases",
     "make_datalist",
+    "run_data_cli",
 ]
 
 #: BTCV label index -> organ name (SPEC.md section 3). The single source of truth for label names.
@@ -441,3 +442,20 @@ def make_datalist(
         "validation": [dict(d) for d in validation],
         "testing": [dict(d) for d in testing],
     }
+
+
+def run_data_cli(component: Any, serialize: Any = None) -> None:
+    """
+    ``fire.Fire(component)`` for the data preparation commands: a problem with the user's data or files
+    (:class:`DataValidationError`, an existing output, a missing input) is printed without a traceback and
+    exits with status 2.
+    """
+    import sys
+
+    import fire
+
+    try:
+        fire.Fire(component, serialize=serialize)
+    except (DataValidationError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

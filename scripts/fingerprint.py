@@ -42,7 +42,7 @@ import numpy as np
 from monai.apps.auto3dseg import DataAnalyzer
 from monai.utils.enums import DataStatsKeys, ImageStatsKeys
 
-from scripts.datalist import read_datalist, write_json_atomic
+from scripts.datalist import read_datalist, run_data_cli, write_json_atomic
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -280,6 +280,4 @@ def fingerprint(
 
 
 if __name__ == "__main__":
-    import fire
-
-    fire.Fire(fingerprint, serialize=lambda overlay: None)  # fingerprint prints its own summary
+    run_data_cli(fingerprint, serialize=lambda overlay: None)  # fingerprint prints its own summary

@@ -26,6 +26,7 @@ from scripts.datalist import (
     DataValidationError,
     check_image_label_pair,
     make_datalist,
+    run_data_cli,
     split_cases,
     write_json_atomic,
 )
@@ -171,6 +172,4 @@ def prepare_btcv(
 
 
 if __name__ == "__main__":
-    import fire
-
-    fire.Fire(prepare_btcv)
+    run_data_cli(prepare_btcv, serialize=lambda path: None)  # prepare_btcv prints a summary

@@ -41,6 +41,7 @@ from scripts.datalist import (
     NonHUIntensityWarning,
     check_image_label_pair,
     make_datalist,
+    run_data_cli,
     split_cases,
     write_json_atomic,
 )
@@ -457,6 +458,4 @@ def prepare_folder(
 
 
 if __name__ == "__main__":
-    import fire
-
-    fire.Fire({"msd": prepare_msd, "folder": prepare_folder}, serialize=lambda path: None)  # they print a summary
+    run_data_cli({"msd": prepare_msd, "folder": prepare_folder}, serialize=lambda path: None)  # they print a summary

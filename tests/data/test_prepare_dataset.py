@@ -109,6 +109,20 @@ def test_cli_writes_the_datalist(msd, tmp_path):
     assert json.load(open(output))["labels"]["1"] == "liver"
 
 
+def test_cli_reports_bad_data_without_a_traceback(msd, tmp_path):
+    spec = _spec(msd)
+    spec["labels"] = {"0": "background", "1": "liver"}  # the files also hold 2 (spleen)
+    _write_spec(msd, spec)
+    output = tmp_path / "datalist.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.prepare_dataset", "msd", "--data_dir", str(msd), "--output", str(output)],
+        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{os.path.join(msd, 'labelsTr', 'case_001.nii.gz')}: label values outside [0, 1] (2 classes): 2" in result.stderr
+    assert not output.exists()
+
+
 def test_label_maps_of_both_layouts_and_their_errors():
     assert parse_msd_labels({"0": "background", "1": "liver"}, "d.json") == {0: "background", 1: "liver"}
     assert parse_msd_labels({"background": 0, "tumour": 2, "liver": 1}, "d.json") == {0: "background", 1: "liver", 2: "tumour"}
