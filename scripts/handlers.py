@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from typing import Any
+
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
-__all__ = ["GradientClipping"]
+__all__ = ["GradientClipping", "CaseTimer"]
 
 
 class GradientClipping:
@@ -31,3 +36,51 @@ class GradientClipping:
         if getattr(engine, "amp", False) and scaler is not None:
             scaler.unscale_(engine.optimizer)
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
+
+
+def _case_name(engine: Engine, key: str) -> str:
+    """The file name of the case the engine just processed, from ``key``'s metadata, or ``"case <n>"``."""
+    items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.batch]
+    for item in items or []:
+        meta = getattr(item.get(key), "meta", None) if isinstance(item, dict) else None
+        source = (meta or {}).get("filename_or_obj")
+        if isinstance(source, (list, tuple)):
+            source = source[0] if source else None
+        if source:
+            return os.path.basename(os.path.normpath(str(source)))
+    return f"case {engine.state.iteration}"
+
+
+class CaseTimer:
+    """
+    Logs a line per case of an evaluator or inference run: its position, file name, seconds taken and the
+    estimated time left, so that a long run over many whole volumes shows its progress.
+
+    Args:
+        key: the data key whose metadata names the case.
+        logger_name: logger to write to.
+    """
+
+    def __init__(self, key: str = "image", logger_name: str = "CaseTimer") -> None:
+        self.key = key
+        self.logger = logging.getLogger(logger_name)
+        self.started = 0.0
+        self.durations: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.durations.clear())
+        engine.add_event_handler(Events.ITERATION_STARTED, self.start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def start(self, engine: Engine) -> None:
+        self.started = time.perf_counter()
+
+    def __call__(self, engine: Engine, *args: Any) -> None:
+        seconds = time.perf_counter() - self.started
+        self.durations.append(seconds)
+        total = engine.state.epoch_length or len(self.durations)
+        left = (total - len(self.durations)) * sum(self.durations) / len(self.durations)
+        self.logger.info(
+            f"[{len(self.durations)}/{total}] {_case_name(engine, self.key)}: {seconds:.1f} s"
+            + (f", about {left / 60:.1f} min left" if left > 0 else "")
+        )

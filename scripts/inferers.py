@@ -1,4 +1,7 @@
-"""Test-time augmentation by flipping, for any MONAI inferer."""
+"""
+How each sliding window is predicted, for any MONAI inferer: test-time augmentation by flipping, and the
+arithmetic precision of the network (float32, or autocast to bfloat16 / float16 with float32 logits out).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,25 @@ import torch
 import torch.nn as nn
 from monai.inferers import Inferer
 
-__all__ = ["FlipTTA", "FlipTTAInferer", "flip_combinations"]
+__all__ = ["FlipTTA", "FlipTTAInferer", "flip_combinations", "PRECISIONS", "native_bfloat16_cpu", "default_precision"]
+
+#: the precisions a window can be predicted in
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def native_bfloat16_cpu() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), so that autocast to it is faster."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def default_precision() -> str:
+    """``"bfloat16"`` on a CPU-only machine whose CPU computes it natively, else ``"float32"`` (CUDA uses AMP)."""
+    return "bfloat16" if not torch.cuda.is_available() and native_bfloat16_cpu() else "float32"
 
 
 def flip_combinations(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -21,25 +42,36 @@ def flip_combinations(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
 class FlipTTA(nn.Module):
     """
     Averages ``network``'s logits over every combination of flips along ``spatial_axes`` (each flip undone
-    before averaging). With no axes it is the network itself.
+    before averaging). With no axes and float32 it is the network itself.
 
     Args:
         network: maps (B, C_in, X, Y, Z) to (B, C_out, X, Y, Z).
         spatial_axes: spatial axes (0 = X) to mirror.
+        precision: ``"float32"``, or ``"bfloat16"`` / ``"float16"`` to run the network under autocast on the
+            input's device; the logits are summed in float32 either way.
     """
 
-    def __init__(self, network: nn.Module, spatial_axes: Sequence[int] = (0, 1, 2)) -> None:
+    def __init__(self, network: nn.Module, spatial_axes: Sequence[int] = (0, 1, 2), precision: str = "float32") -> None:
         super().__init__()
         if any(a not in (0, 1, 2) for a in spatial_axes) or len(set(spatial_axes)) != len(spatial_axes):
             raise ValueError(f"spatial_axes must be distinct values among 0, 1, 2, got {list(spatial_axes)}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         self.network = network
         self.flips = [tuple(a + 2 for a in combo) for combo in flip_combinations(spatial_axes)]
+        self.precision = precision
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "float32":
+            return self.network(x)
+        with torch.autocast(x.device.type, dtype=PRECISIONS[self.precision]):
+            return self.network(x).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, C_in, X, Y, Z) -> mean logits (B, C_out, X, Y, Z)."""
+        """``x``: (B, C_in, X, Y, Z) -> mean float32 logits (B, C_out, X, Y, Z)."""
         total = None
         for dims in self.flips:
-            out = self.network(x.flip(dims)).flip(dims) if dims else self.network(x)
+            out = self._predict(x.flip(dims)).flip(dims) if dims else self._predict(x)
             total = out if total is None else total + out
         return total / len(self.flips)
 
@@ -52,12 +84,16 @@ class FlipTTAInferer(Inferer):
     Args:
         inferer: the inner inferer, e.g. ``SlidingWindowInferer``.
         spatial_axes: spatial axes to mirror; empty disables the augmentation.
+        precision: arithmetic of the network, see :class:`FlipTTA`.
     """
 
-    def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = (0, 1, 2)) -> None:
+    def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = (0, 1, 2), precision: str = "float32") -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         self.inferer = inferer
         self.spatial_axes = tuple(spatial_axes)
+        self.precision = precision
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return self.inferer(inputs, FlipTTA(network, self.spatial_axes), *args, **kwargs)
+        return self.inferer(inputs, FlipTTA(network, self.spatial_axes, self.precision), *args, **kwargs)

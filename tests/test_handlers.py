@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn as nn
+from ignite.engine import Engine
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 
-from scripts.handlers import GradientClipping
+from scripts.handlers import CaseTimer, GradientClipping
 
 
 def _trainer(max_norm: float | None, scale: float) -> tuple[SupervisedTrainer, nn.Module]:
@@ -48,3 +52,14 @@ def test_leaves_small_gradients_alone():
 def test_rejects_non_positive_norm():
     with pytest.raises(ValueError, match="max_norm"):
         GradientClipping(0.0)
+
+
+def test_case_timer_logs_each_case_with_its_name_and_the_time_left(caplog):
+    cases = [{"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": f"/data/img{i}.nii.gz"})} for i in range(3)]
+    engine = Engine(lambda e, batch: [batch])  # a decollated output, as MONAI's evaluators give
+    CaseTimer().attach(engine)
+    with caplog.at_level(logging.INFO, logger="CaseTimer"):
+        engine.run(cases)
+    lines = [r.getMessage() for r in caplog.records if r.name == "CaseTimer"]
+    assert [line.split(":")[0] for line in lines] == ["[1/3] img0.nii.gz", "[2/3] img1.nii.gz", "[3/3] img2.nii.gz"]
+    assert "min left" in lines[0] and "min left" not in lines[2]

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
+from scripts import inferers
 from scripts.inferers import FlipTTA, FlipTTAInferer, flip_combinations
 
 
@@ -54,3 +55,42 @@ def test_flip_tta_inferer_wraps_the_inner_inferer():
     assert torch.allclose(FlipTTAInferer(SimpleInferer(), (0, 2))(x, network), FlipTTA(network, (0, 2))(x))
     window = SlidingWindowInferer(roi_size=(4, 6, 5), overlap=0.0)
     assert torch.allclose(FlipTTAInferer(window, (1,))(x, network), FlipTTA(network, (1,))(x))
+
+
+class RecordsDtype(nn.Module):
+    """A convolution that remembers the dtype it computed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 3, kernel_size=3, padding=1)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        self.seen.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("precision, dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_reduced_precision_runs_under_autocast_and_returns_float32(precision, dtype):
+    torch.manual_seed(0)
+    network = RecordsDtype()
+    x = torch.randn(1, 1, 8, 6, 4)
+    reference = network(x)
+    out = FlipTTA(network, (0,), precision=precision)(x)
+    assert network.seen[1:] == [dtype, dtype] and out.dtype == torch.float32
+    flipped = network.conv(x.flip(2)).flip(2)
+    assert torch.allclose(out, (reference + flipped) / 2, atol=0.05) and not torch.equal(out, (reference + flipped) / 2)
+    window = SlidingWindowInferer(roi_size=(4, 6, 4), overlap=0.5)
+    assert FlipTTAInferer(window, (), precision=precision)(x, network).dtype == torch.float32
+
+
+def test_precision_is_checked_and_the_default_fits_the_machine(monkeypatch):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FlipTTA(nn.Identity(), (), precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FlipTTAInferer(SimpleInferer(), (), precision="half")
+    monkeypatch.setattr(inferers, "native_bfloat16_cpu", lambda: True)
+    assert inferers.default_precision() == ("float32" if torch.cuda.is_available() else "bfloat16")
+    monkeypatch.setattr(inferers, "native_bfloat16_cpu", lambda: False)
+    assert inferers.default_precision() == "float32"
