@@ -121,6 +121,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "save_measurements": _BOOL,
     "sw_progress": _BOOL,
     "amp": _BOOL,
+    "compile_network": _BOOL,
     "inference_precision": ("one of 'float32', 'bfloat16', 'float16'", lambda v: v in ("float32", "bfloat16", "float16")),
     "tta_flip_axes": ("a list of distinct spatial axes among 0, 1, 2 (may be empty)", _is_flip_axes),
     "dataset_dir": _PATH,

@@ -40,6 +40,7 @@ __all__ = [
     "check_image_values",
     "check_image_label_pair",
     "read_datalist",
+    "load_datalist",
     "validate_datalist",
     "write_json_atomic",
     "split_cases",
@@ -318,6 +319,25 @@ def read_datalist(path: str) -> Any:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataValidationError([f"{path}: datalist is not valid JSON ({e})"]) from None
+
+
+def load_datalist(path: str, key: str, base_dir: str) -> list[dict]:
+    """
+    The items under ``key`` of the datalist file ``path`` with absolute paths, as
+    ``monai.data.load_decathlon_datalist(path, True, key, base_dir)`` gives them, raising
+    :class:`DataValidationError` naming the file when it is missing, not JSON, empty or has no items under ``key``.
+
+    The training config reads its data lists with this and checks the items in ``initialize``, so that lists given
+    directly (``train#dataset#data``, as MONAI Label does) are checked the same way and need no datalist file.
+    """
+    from monai.data import load_decathlon_datalist
+
+    datalist = read_datalist(path)
+    if not isinstance(datalist, Mapping) or not datalist:
+        raise DataValidationError([f"{path}: datalist is empty or not a dict"])
+    if not datalist.get(key):
+        raise DataValidationError([f"{path}: datalist key '{key}' is missing or empty"])
+    return load_decathlon_datalist(path, True, key, base_dir=base_dir)
 
 
 def write_json_atomic(data: Any, path: str, overwrite: bool = False, indent: int = 4) -> str:
