@@ -11,6 +11,7 @@ Usage::
     python -m scripts.benchmarks.bench_inference                       # 512x512x128 at 0.76x0.76x3 mm, full CoTr
     python -m scripts.benchmarks.bench_inference --shape "[320,320,96]" --write_docs True
     python -m scripts.benchmarks.bench_inference --overlay configs/demo.json --checkpoint demo/models/model.pt
+    python -m scripts.benchmarks.bench_inference --network_standin True    # the memory of everything but the network
 
 Without ``--checkpoint`` the network has seeded random weights: the times and memory are those of the real
 network, but its near-tied logits make the Dice a worst case for agreement; a trained checkpoint gives the
@@ -19,6 +20,7 @@ agreement that matters.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -44,6 +46,9 @@ from scripts.inferers import default_precision
 from scripts.synthetic import make_phantom, phantom_to_nifti
 
 __all__ = ["VARIANTS", "run_benchmark", "segmentation_dice"]
+
+#: a 1x1x1 convolution in place of CoTr: the pipeline's own memory and time (buffers, postprocessing) at full size
+STANDIN_NETWORK = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": "@num_classes", "kernel_size": 1}
 
 #: name -> config overrides; the first is the reference the others are compared with
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -101,6 +106,7 @@ def run_benchmark(
     spacing: Sequence[float] = (0.76, 0.76, 3.0),
     overlay: str | None = None,
     checkpoint: str | None = None,
+    network_standin: bool = False,
     seed: int = 0,
     write_docs: bool = False,
 ) -> dict[str, dict[str, float]]:
@@ -113,6 +119,7 @@ def run_benchmark(
         spacing: voxel size (x, y, z) in mm.
         overlay: config overlay merged over ``configs/inference.json`` (e.g. ``configs/demo.json``).
         checkpoint: trained weights for the network; default seeded random weights.
+        network_standin: replace the network by :data:`STANDIN_NETWORK`, to measure the rest of the pipeline.
         seed: seed of the phantom and of the random weights.
         write_docs: write the result table into ``docs/benchmarks.md``.
     """
@@ -124,8 +131,12 @@ def run_benchmark(
     with tempfile.TemporaryDirectory() as work:
         inputs = os.path.join(work, "inputs")
         os.makedirs(inputs)
+        if network_standin:
+            config_files.append(os.path.join(work, "standin.json"))
+            with open(config_files[-1], "w") as f:
+                json.dump({"network_def": STANDIN_NETWORK}, f)
         start = time.perf_counter()
-        volume = _write_volume(inputs, shape, spacing, seed)
+        _write_volume(inputs, shape, spacing, seed)
         print(f"synthetic volume {'x'.join(map(str, shape))} at {'x'.join(map(str, spacing))} mm written in {time.perf_counter() - start:.0f} s", flush=True)
         weights = checkpoint or _checkpoint(config_files, os.path.join(work, "model.pt"), seed)
         parser = ConfigParser()
@@ -150,7 +161,8 @@ def run_benchmark(
             results[name]["speedup"] = results[reference]["seconds"] / results[name]["seconds"]
             results[name]["dice"] = segmentation_dice(segmentations[reference], segmentations[name])
     info["load_end"] = load_average()
-    report = _report(results, info, shape, spacing, resampled, roi, overlap, overlay, checkpoint)
+    network = "a 1x1x1 convolution standing in for the network" if network_standin else f"the network of {overlay or 'configs/inference.json'}"
+    report = _report(results, info, shape, spacing, resampled, roi, overlap, network, checkpoint)
     print(report)
     if write_docs:
         update_docs_section("bench_inference", report)
@@ -159,7 +171,7 @@ def run_benchmark(
 
 def _report(
     results: Mapping[str, Mapping[str, float]], info: Mapping[str, str], shape: Sequence[int], spacing: Sequence[float],
-    resampled: Sequence[int], roi: Sequence[int], overlap: float, overlay: str | None, checkpoint: str | None,
+    resampled: Sequence[int], roi: Sequence[int], overlap: float, network: str, checkpoint: str | None,
 ) -> str:
     lines = [
         "## Whole-volume inference (`bench_inference.py`)",
@@ -169,7 +181,7 @@ def _report(
         f"The bundle's inference workflow on one synthetic abdominal CT volume of {'x'.join(map(str, shape))} voxels at "
         f"{'x'.join(f'{s:g}' for s in spacing)} mm ({'x'.join(map(str, resampled))} at the target spacing, at most "
         f"{_windows(resampled, roi, overlap)} windows of {'x'.join(map(str, roi))} at overlap {overlap}), no test-time "
-        f"augmentation; network from {overlay or 'configs/inference.json'} with "
+        f"augmentation; {network} with "
         f"{'weights ' + checkpoint if checkpoint else 'seeded random weights'}; the shipped precision on this machine "
         f"is {default_precision()}. Time and peak memory cover the whole run (load, preprocess, sliding window, "
         "postprocess, save); Dice is the fast segmentation against the straightforward one.",
