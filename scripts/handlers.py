@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
+from monai.handlers import ValidationHandler as _MonaiValidationHandler
 
-__all__ = ["GradientClipping", "CaseTimer"]
+__all__ = ["GradientClipping", "CaseTimer", "ValidationHandler"]
 
 
 class GradientClipping:
@@ -84,3 +85,21 @@ class CaseTimer:
             f"[{len(self.durations)}/{total}] {_case_name(engine, self.key)}: {seconds:.1f} s"
             + (f", about {left / 60:.1f} min left" if left > 0 else "")
         )
+
+
+class ValidationHandler(_MonaiValidationHandler):
+    """
+    MONAI's :class:`~monai.handlers.ValidationHandler`, which validates every ``interval`` epochs, plus one
+    validation when training ends on an epoch that the interval skipped. The best-model checkpoint (what inference
+    loads) then also covers the last epochs: a short fine-tune, e.g. from MONAI Label, of fewer epochs than
+    ``interval`` still writes one. Arguments are MONAI's.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        if self.epoch_level:
+            engine.add_event_handler(Events.COMPLETED, self._validate_last_epoch)
+
+    def _validate_last_epoch(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval:
+            self(engine)

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine
 from monai.data import MetaTensor
-from monai.engines import SupervisedTrainer
+from monai.engines import Evaluator, SupervisedTrainer
 
-from scripts.handlers import CaseTimer, GradientClipping
+from scripts.handlers import CaseTimer, GradientClipping, ValidationHandler
 
 
 def _trainer(max_norm: float | None, scale: float) -> tuple[SupervisedTrainer, nn.Module]:
@@ -63,3 +63,18 @@ def test_case_timer_logs_each_case_with_its_name_and_the_time_left(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "CaseTimer"]
     assert [line.split(":")[0] for line in lines] == ["[1/3] img0.nii.gz", "[2/3] img1.nii.gz", "[3/3] img2.nii.gz"]
     assert "min left" in lines[0] and "min left" not in lines[2]
+
+
+@pytest.mark.parametrize("max_epochs, expected", [(5, [2, 4, 5]), (4, [2, 4]), (1, [1])])
+def test_validation_also_runs_after_the_last_epoch_the_interval_skipped(max_epochs, expected):
+    validated = []
+
+    class Validator(Evaluator):
+        def run(self, global_epoch: int = 1) -> None:
+            validated.append(global_epoch)
+
+    trainer = Engine(lambda e, batch: None)
+    validator = Validator(device=torch.device("cpu"), val_data_loader=[0])
+    ValidationHandler(validator=validator, interval=2, epoch_level=True).attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    assert validated == expected
