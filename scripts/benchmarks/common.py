@@ -26,6 +26,7 @@ __all__ = [
     "set_malloc_mmap_threshold",
     "current_rss",
     "measure_peak_rss",
+    "times_and_peak_rss",
     "update_docs_section",
     "format_bytes",
 ]
@@ -154,6 +155,34 @@ def measure_peak_rss(fn: Callable[[], object]) -> tuple[int, int, object]:
     result = fn()
     peak = _peak_rss()
     return max(peak - before, 0), peak, result
+
+
+def times_and_peak_rss(
+    functions: dict[str, Callable[[], object]], repeats: int = 1, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """
+    Wall-clock seconds of every function, interleaved round by round as in :func:`median_times`, and the peak RSS
+    increase (:func:`measure_peak_rss`) of each function's call in the first timed round (freeing memory before it
+    is not timed).
+    """
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    memory: dict[str, int] = {}
+    for round_index in range(repeats):
+        for name, fn in functions.items():
+
+            def timed(name: str = name, fn: Callable[[], object] = fn) -> None:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+
+            if round_index == 0:
+                memory[name] = measure_peak_rss(timed)[0]
+            else:
+                timed()
+    return times, memory
 
 
 def format_bytes(num: float) -> str:
