@@ -39,6 +39,7 @@ from scripts.benchmarks.common import (
     machine_line,
     load_average,
     measure_peak_rss,
+    num_windows,
     set_malloc_mmap_threshold,
     update_docs_section,
 )
@@ -75,21 +76,10 @@ def _write_volume(folder: str, shape: Sequence[int], spacing: Sequence[float], s
     return path
 
 
-def _checkpoint(config_files: Sequence[str], path: str, seed: int) -> str:
-    parser = ConfigParser()
-    parser.read_config(list(config_files))
+def _checkpoint(parser: ConfigParser, path: str, seed: int) -> str:
     torch.manual_seed(seed)
     torch.save(parser.get_parsed_content("network_def").state_dict(), path)
     return path
-
-
-def _windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
-    """Sliding windows MONAI places over ``shape`` (upper bound: the foreground crop can only shrink it)."""
-    count = 1
-    for size, r in zip(shape, roi):
-        interval = max(int(r * (1 - overlap)), 1)
-        count *= 1 if size <= r else int(np.ceil((size - r) / interval)) + 1
-    return count
 
 
 def _run_variant(config_files: Sequence[str], overrides: Mapping[str, Any]) -> float:
@@ -138,9 +128,9 @@ def run_benchmark(
         start = time.perf_counter()
         _write_volume(inputs, shape, spacing, seed)
         print(f"synthetic volume {'x'.join(map(str, shape))} at {'x'.join(map(str, spacing))} mm written in {time.perf_counter() - start:.0f} s", flush=True)
-        weights = checkpoint or _checkpoint(config_files, os.path.join(work, "model.pt"), seed)
         parser = ConfigParser()
         parser.read_config(config_files)
+        weights = checkpoint or _checkpoint(parser, os.path.join(work, "model.pt"), seed)
         roi, overlap = parser.get_parsed_content("patch_size"), parser.get_parsed_content("sw_overlap")
         target = parser.get_parsed_content("target_spacing")
         resampled = [int(round(s * sp / t)) for s, sp, t in zip(shape, spacing, target)]
@@ -180,7 +170,7 @@ def _report(
         "",
         f"The bundle's inference workflow on one synthetic abdominal CT volume of {'x'.join(map(str, shape))} voxels at "
         f"{'x'.join(f'{s:g}' for s in spacing)} mm ({'x'.join(map(str, resampled))} at the target spacing, at most "
-        f"{_windows(resampled, roi, overlap)} windows of {'x'.join(map(str, roi))} at overlap {overlap}), no test-time "
+        f"{num_windows(resampled, roi, overlap)} windows of {'x'.join(map(str, roi))} at overlap {overlap}), no test-time "
         f"augmentation; {network} with "
         f"{'weights ' + checkpoint if checkpoint else 'seeded random weights'}; the fast precision on this machine "
         f"is {default_precision()}. Time and peak memory cover the whole run (load, preprocess, sliding window, "

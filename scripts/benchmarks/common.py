@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import math
 import os
 import platform
 import re
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -29,6 +30,7 @@ __all__ = [
     "times_and_peak_rss",
     "update_docs_section",
     "format_bytes",
+    "num_windows",
 ]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -186,6 +188,15 @@ def times_and_peak_rss(
             else:
                 timed()
     return times, memory
+
+
+def num_windows(volume: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Windows a sliding window of ``roi`` with ``overlap`` places over ``volume`` (as MONAI's inferer scans it)."""
+    count = 1
+    for size, window in zip(volume, roi):
+        step = max(int(window * (1 - overlap)), 1)
+        count *= math.ceil((size - window) / step) + 1 if size > window else 1
+    return count
 
 
 def format_bytes(num: float) -> str:

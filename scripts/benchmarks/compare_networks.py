@@ -52,6 +52,7 @@ from scripts.benchmarks.common import (
     load_average,
     machine_info,
     machine_line,
+    num_windows,
     release_memory,
     times_and_peak_rss,
     update_docs_section,
@@ -59,7 +60,7 @@ from scripts.benchmarks.common import (
 from scripts.inferers import FlipTTA, FlipTTAInferer
 from scripts.synthetic import make_phantom
 
-__all__ = ["NETWORKS", "METRICS", "load_config", "synthetic_volume", "num_windows", "build_network", "run_benchmark"]
+__all__ = ["NETWORKS", "METRICS", "load_config", "synthetic_volume", "build_network", "run_benchmark"]
 
 CONFIGS = os.path.join(REPO_ROOT, "configs")
 PNG_NAME = "benchmarks_networks.png"
@@ -110,15 +111,6 @@ def synthetic_volume(size: Sequence[int], spacing: Sequence[float], parser: Conf
     hu_min, hu_max, mean, std = (parser.get_parsed_content(k) for k in keys)
     normalised = (np.clip(image.astype(np.float32), hu_min, hu_max) - mean) / std
     return torch.from_numpy(normalised)[None, None]
-
-
-def num_windows(volume: Sequence[int], roi: Sequence[int], overlap: float) -> int:
-    """Windows a sliding window of ``roi`` with ``overlap`` places over ``volume`` (as MONAI's inferer scans it)."""
-    count = 1
-    for size, window in zip(volume, roi):
-        step = max(int(window * (1 - overlap)), 1)
-        count *= math.ceil((size - window) / step) + 1 if size > window else 1
-    return count
 
 
 def _log(text: str) -> None:
