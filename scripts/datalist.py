@@ -44,6 +44,7 @@ __all__ = [
     "validate_datalist",
     "write_json_atomic",
     "split_cases",
+    "describe_split",
     "make_datalist",
     "run_data_cli",
 ]
@@ -430,6 +431,15 @@ def split_cases(
     held_out = set(val)
     train = [c for c in order if c not in held_out]
     return sorted(train), sorted(val)
+
+
+def describe_split(split: str, seed: int, val_fraction: float, num_folds: int, fold: int) -> str:
+    """How :func:`split_cases` split the cases, as the datalist's ``split`` entry records it."""
+    if split == "paper":
+        return "paper (train 1-10 and 21-31, validation 32-40)"
+    if split == "random":
+        return f"random (seed={seed}, val_fraction={val_fraction})"
+    return f"kfold (seed={seed}, fold={fold} of {num_folds})"
 
 
 def make_datalist(

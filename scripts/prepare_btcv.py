@@ -25,6 +25,7 @@ from scripts.datalist import (
     SPLITS,
     DataValidationError,
     check_image_label_pair,
+    describe_split,
     make_datalist,
     run_data_cli,
     split_cases,
@@ -87,14 +88,6 @@ def find_btcv_cases(data_dir: str) -> tuple[dict[int, tuple[str, str | None]], d
         problems.append(f"{os.path.join(data_dir, 'Training', 'label', labels[case])}: label without an image")
     testing = {c: f"Testing/img/{n}" for c, n in _scan(os.path.join(data_dir, "Testing", "img"), _IMG_RE).items()}
     return training, testing, problems
-
-
-def _split_name(split: str, seed: int, val_fraction: float, num_folds: int, fold: int) -> str:
-    if split == "paper":
-        return "paper (train 1-10 and 21-31, validation 32-40)"
-    if split == "random":
-        return f"random (seed={seed}, val_fraction={val_fraction})"
-    return f"kfold (seed={seed}, fold={fold} of {num_folds})"
 
 
 def prepare_btcv(
@@ -163,7 +156,7 @@ def prepare_btcv(
         testing=[{"image": testing[c]} for c in sorted(testing)],
         labels=BTCV_LABELS,
         description="BTCV multi-organ CT (Synapse RawData); paths relative to the dataset folder",
-        split=_split_name(split, seed, val_fraction, num_folds, fold),
+        split=describe_split(split, seed, val_fraction, num_folds, fold),
     )
     write_json_atomic(datalist, output, overwrite=overwrite)
     counts = ", ".join(f"{k} {len(datalist[k])}" for k in ("training", "validation", "testing"))

@@ -40,6 +40,7 @@ from scripts.datalist import (
     DataValidationError,
     NonHUIntensityWarning,
     check_image_label_pair,
+    describe_split,
     make_datalist,
     run_data_cli,
     split_cases,
@@ -252,7 +253,7 @@ def _split_and_write(
     def items(indices: list[int]) -> list[dict]:
         return [{"image": cases[names[i]][0], "label": cases[names[i]][1]} for i in indices]
 
-    how = f"random (seed={seed}, val_fraction={val_fraction})" if split == "random" else f"kfold (seed={seed}, fold={fold} of {num_folds})"
+    how = describe_split(split, seed, val_fraction, num_folds, fold)
     datalist = make_datalist(
         items(train_idx), items(val_idx), [{"image": t} for t in testing], label_names, description, how, modality
     )
