@@ -12,6 +12,8 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.handlers import ValidationHandler as _MonaiValidationHandler
 
+from scripts.report import source_filename
+
 __all__ = ["GradientClipping", "CaseTimer", "ValidationHandler"]
 
 
@@ -43,12 +45,9 @@ def _case_name(engine: Engine, key: str) -> str:
     """The file name of the case the engine just processed, from ``key``'s metadata, or ``"case <n>"``."""
     items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.batch]
     for item in items or []:
-        meta = getattr(item.get(key), "meta", None) if isinstance(item, dict) else None
-        source = (meta or {}).get("filename_or_obj")
-        if isinstance(source, (list, tuple)):
-            source = source[0] if source else None
+        source = source_filename(item, key) if isinstance(item, dict) else None
         if source:
-            return os.path.basename(os.path.normpath(str(source)))
+            return os.path.basename(os.path.normpath(source))
     return f"case {engine.state.iteration}"
 
 

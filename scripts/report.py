@@ -46,6 +46,7 @@ __all__ = [
     "SaveOverlayd",
     "SavedSegmentationTransform",
     "write_csv_atomic",
+    "source_filename",
 ]
 
 logger = logging.getLogger(__name__)
@@ -445,6 +446,18 @@ class TrainingCurvesHandler:
             return None
 
 
+def source_filename(data: Mapping[Hashable, Any], key: Hashable) -> str | None:
+    """
+    The file ``data[key]`` was loaded from: ``filename_or_obj`` of its MetaTensor meta or of ``<key>_meta_dict``;
+    None when there is none, or when it names several files (a batch of more than one).
+    """
+    meta = getattr(data.get(key), "meta", None) or data.get(f"{key}_meta_dict") or {}
+    source = meta.get("filename_or_obj")
+    if isinstance(source, (list, tuple)):  # a batch of one
+        source = source[0] if len(source) == 1 else None
+    return str(source) if source else None
+
+
 class SavedSegmentationTransform(MapTransform):
     """
     Base of inference postprocessing placed after ``SaveImaged``: for every case, :meth:`write_case` gets the
@@ -482,13 +495,6 @@ class SavedSegmentationTransform(MapTransform):
         self.label_names = {int(k): v for k, v in (BTCV_LABELS if label_names is None else label_names).items()}
         self.enabled = bool(enabled)
 
-    def _source(self, data: Mapping[Hashable, Any], key: Hashable) -> str | None:
-        meta = getattr(data[key], "meta", None) or data.get(f"{key}_meta_dict") or {}
-        source = meta.get("filename_or_obj")
-        if isinstance(source, (list, tuple)):  # a batch of one
-            source = source[0] if len(source) == 1 else None
-        return str(source) if source else None
-
     def write_case(self, source: str, segmentation: str) -> None:
         """Write this transform's output for one case: ``source`` image, ``segmentation`` file."""
         raise NotImplementedError
@@ -499,7 +505,7 @@ class SavedSegmentationTransform(MapTransform):
             return d
         name = type(self).__name__
         for key in self.key_iterator(d):
-            source = self._source(d, key)
+            source = source_filename(d, key)
             if source is None:
                 logger.warning(f"{name}: {key!r} has no filename_or_obj; case skipped.")
                 continue
