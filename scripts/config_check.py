@@ -14,6 +14,8 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from scripts.inferers import PRECISIONS
+
 __all__ = ["ConfigValueError", "RULES", "check_config"]
 
 
@@ -122,7 +124,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sw_progress": _BOOL,
     "amp": _BOOL,
     "compile_network": _BOOL,
-    "inference_precision": ("one of 'float32', 'bfloat16', 'float16'", lambda v: v in ("float32", "bfloat16", "float16")),
+    "inference_precision": (f"one of {', '.join(map(repr, PRECISIONS))}", lambda v: v in PRECISIONS),
     "tta_flip_axes": ("a list of distinct spatial axes among 0, 1, 2 (may be empty)", _is_flip_axes),
     "dataset_dir": _PATH,
     "output_dir": _PATH,

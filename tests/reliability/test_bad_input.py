@@ -239,6 +239,8 @@ WRONG_TYPES = [
     ("dataset_dir", None, "a non-empty path string"),
     ("label_names", {"0": "background", "2": "liver"}, "a map of label value -> class name for the values 0..N-1"),
     ("label_names", ["background", "liver"], "a map of label value -> class name"),
+    ("inference_precision", "half", "must be one of 'float32', 'bfloat16', 'float16', got 'half'"),
+    ("compile_network", "true", "write --compile_network True"),
 ]
 
 
