@@ -234,13 +234,14 @@ def fingerprint(
     median_shape = np.median(shapes * spacings / np.asarray(spacing), axis=0)
     patch = fit_patch_size(median_shape, network_stride, max_patch)
 
+    names_by_value = {str(k): v for k, v in sorted(label_names.items())}  # the config ids' string keys
     overlay: dict[str, Any] = {
         "dataset_dir": base,
         "data_list_file_path": datalist,
         "num_classes": len(label_names),
-        "label_names": {str(k): v for k, v in sorted(label_names.items())},
+        "label_names": names_by_value,
         "merged_label_map": list(range(len(label_names))),
-        "merged_label_names": {str(k): v for k, v in sorted(label_names.items())},
+        "merged_label_names": names_by_value,
         "target_spacing": [round(s, 4) for s in spacing],
         "patch_size": patch,
     }
