@@ -182,7 +182,7 @@ def describe(net: CoTr, input_size: Sequence[int]) -> dict[str, Any]:
         )
     scale = net.decoder.final_upsample.scale_factor
     factors = ",".join(f"{s:g}" for s in scale) if len(set(scale)) > 1 else f"{scale[0]:g}"
-    decoder.append(Block("output", f"trilinear ×({factors}), conv 1³ → logits", shapes["final_head"][0], "io"))
+    decoder.append(Block("output", f"conv 1³, trilinear ×({factors}) → logits", shapes["final_upsample"][0], "io"))
     heads = []
     for i, head in enumerate(net.decoder.heads):
         shape = shapes.get(f"heads{i}", [(head.out_channels, *shapes[f"blocks{i}"][0][1:])])[0]

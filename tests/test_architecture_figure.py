@@ -52,7 +52,7 @@ def test_trace_shapes_falls_back_to_a_small_cpu_run(monkeypatch):
 
     monkeypatch.setattr(architecture_figure, "_hooked_run", no_meta)
     assert trace_shapes(net, (64, 48, 32)) == expected
-    assert expected["stage3"] == [(12, 4, 3, 4)] and expected["final_head"] == [(5, 64, 48, 32)]
+    assert expected["stage3"] == [(12, 4, 3, 4)] and expected["final_upsample"] == [(5, 64, 48, 32)]
 
 
 def test_draw_architecture_png(tmp_path):

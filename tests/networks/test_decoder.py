@@ -61,19 +61,24 @@ def test_structure():
     assert tuple(dec.final_upsample.scale_factor) == (2.0, 2.0, 1.0)
 
 
-def test_final_output_is_upsampled_then_projected():
-    """With zeroed transposed convs the finest map is block(stem skip); the output is 1x1 conv(trilinear x[2, 2, 1])."""
+def test_final_logits_equal_the_papers_upsample_then_project():
+    """With zeroed transposed convs the finest map is block(stem skip); the output must equal SPEC's
+    1x1 conv(trilinear x[2, 2, 1](x)), while the 1x1 conv runs on the coarse map (the cheap order)."""
     torch.manual_seed(1)
-    dec = CoTrDecoder(CHANNELS, DEFAULT_STRIDES, out_channels=3, norm_name=NORM, act_name=ACT).eval()
-    features = encoder_like_features(1, CHANNELS, DEFAULT_STRIDES, (16, 16, 8))
+    dec = CoTrDecoder(CHANNELS, DEFAULT_STRIDES, out_channels=3, norm_name=NORM, act_name=ACT).double().eval()
+    features = [f.double() for f in encoder_like_features(1, CHANNELS, DEFAULT_STRIDES, (16, 16, 8))]
+    head_inputs = []
+    dec.final_head.register_forward_hook(lambda module, args, output: head_inputs.append(args[0].shape))
     with torch.no_grad():
         for up in dec.upsamples:
             up.weight.zero_()
         out = dec(features)[0]
         x = dec.blocks[2](features[0])
         up = torch.nn.functional.interpolate(x, scale_factor=(2.0, 2.0, 1.0), mode="trilinear", align_corners=False)
-        expected = dec.final_head(up)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        expected = torch.nn.functional.conv3d(up, dec.final_head.weight, dec.final_head.bias)
+    assert out.shape == (1, 3, 16, 16, 8)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    assert head_inputs == [(1, 8, 8, 8, 8)]
 
 
 def test_res_block_identity_path():
