@@ -11,9 +11,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-__all__ = ["FlipTTA", "FlipTTAInferer", "flip_combinations", "PRECISIONS", "native_bfloat16_cpu", "default_precision"]
+__all__ = [
+    "FlipTTA", "FlipTTAInferer", "flip_combinations", "PRECISIONS", "native_bfloat16_cpu", "default_precision",
+    "compile_for_inference",
+]
 
 #: the precisions a window can be predicted in
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,6 +36,24 @@ def native_bfloat16_cpu() -> bool:
 def default_precision() -> str:
     """``"bfloat16"`` on a CPU-only machine whose CPU computes it natively, else ``"float32"`` (CUDA uses AMP)."""
     return "bfloat16" if not torch.cuda.is_available() and native_bfloat16_cpu() else "float32"
+
+
+def compile_for_inference(network: nn.Module) -> None:
+    """
+    Compile ``network`` in place (``network.compile``) with Inductor's weight freezing, for a process that only
+    predicts: graphs compiled without gradients fold the weights in as constants and prepack the convolution
+    weights (CoTr on CPU: 5.9 s instead of 6.9 s per 192x192x48 window compiled without it).
+
+    Freezing is a process-wide Inductor setting (``torch.compile(options=...)`` does not reach it), and weights
+    loaded after the first forward pass are ignored: load the checkpoint before predicting (the workflows'
+    checkpoint loader runs when the evaluator starts), and never call this in a process that trains.
+    """
+    import torch._inductor.config as inductor_config  # heavy: only when compiling
+
+    inductor_config.freezing = True
+    # static shapes: a second window shape (a last, smaller sliding-window batch) gets its own graph, as Inductor
+    # failed to lower frozen graphs with the symbolic sizes that automatic dynamic shapes would switch to
+    network.compile(dynamic=False)
 
 
 def flip_combinations(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -69,6 +91,9 @@ class FlipTTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, C_in, X, Y, Z) -> mean float32 logits (B, C_out, X, Y, Z)."""
+        # the network gets plain tensors: a network compiled for them raises on MetaTensor windows, and the
+        # sliding window puts the metadata back on its output
+        x = x.as_tensor() if isinstance(x, MetaTensor) else x
         total = None
         for dims in self.flips:
             out = self._predict(x.flip(dims)).flip(dims) if dims else self._predict(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -122,6 +123,14 @@ class CoTr(nn.Module):
                 f"CoTr needs an input larger than {list(self.size_divisor)} along at least one axis "
                 f"(a multiple of it), got {list(spatial_shape)}."
             )
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """
+        Compile the CNN encoder and the decoder in place with ``torch.compile`` (same arguments). The DeTrans stays
+        eager: compiling it would trace MS-DMSA's ``grid_sample`` form, slower than the eager gather kernel.
+        """
+        self.encoder.compile(*args, **kwargs)
+        self.decoder.compile(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``x``: (B, in_channels, X, Y, Z) with X, Y, Z divisible by ``size_divisor`` and not all equal to it."""

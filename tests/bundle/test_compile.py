@@ -1,4 +1,4 @@
-"""``compile_network``: the configs compile the network in place, so outputs and checkpoint keys stay the same."""
+"""``compile_network``: the configs compile CoTr's encoder and decoder in place, so outputs and checkpoint keys stay the same."""
 
 from __future__ import annotations
 
@@ -6,30 +6,65 @@ import shutil
 
 import pytest
 import torch
+import torch._inductor.config
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+
+from scripts.networks import CoTr
 
 from .conftest import config_paths
 
 TINY = {"network_def#blocks": [1, 1, 1], "network_def#channels": [8, 16, 24, 24], "network_def#d_model": 24,
         "network_def#num_heads": 4, "network_def#num_layers": 1, "network_def#mlp_dim": 32, "num_classes": 3,
-        "label_names": {"0": "background", "1": "liver", "2": "spleen"}, "device": "$torch.device('cpu')"}
+        "label_names": {"0": "background", "1": "liver", "2": "spleen"}, "device": "$torch.device('cpu')",
+        "patch_size": [32, 32, 16], "sw_batch_size": 2, "tta_flip_axes": [0]}
+
+# inference and evaluation freeze the weights into the compiled graph; training must not (its weights change)
+FROZEN = "$@compile_network and scripts.inferers.compile_for_inference(@network)"
+COMPILE_STEPS = {
+    ("inference.json",): FROZEN,
+    ("train.json", "evaluate.json"): FROZEN,
+    ("train.json",): "$@compile_network and @network.compile()",
+}
+
+
+@pytest.fixture(autouse=True)
+def restore_inductor_freezing():
+    """compile_for_inference sets a process-wide Inductor flag; other tests in this process must not inherit it."""
+    before = torch._inductor.config.freezing
+    yield
+    torch._inductor.config.freezing = before
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_network_matches_eager_and_keeps_its_state_dict():
+@pytest.mark.parametrize("configs", list(COMPILE_STEPS), ids="+".join)
+def test_compiled_network_matches_eager_with_weights_loaded_after_compiling(configs):
     parser = ConfigParser()
-    parser.read_config(config_paths("inference.json"))
+    parser.read_config(config_paths(*configs))
     parser.update({**TINY, "compile_network": True})
     network = parser.get_parsed_content("network").eval()
-    torch.manual_seed(0)
-    x = torch.randn(1, 1, 32, 32, 16)
-    with torch.no_grad():
-        eager = network(x)
-        keys = list(network.state_dict())
-        compile_step = [e for e in parser["initialize"] if "compile" in e]
-        assert compile_step == ["$@compile_network and @network.compile()"]
-        parser.get_parsed_content(f"initialize#{parser['initialize'].index(compile_step[0])}")
-        assert network._compiled_call_impl is not None  # nn.Module.compile() swaps the call in place
-        assert torch.allclose(network(x), eager, atol=1e-4)
+    keys = list(network.state_dict())
+    compile_step = [e for e in parser["initialize"] if "compile" in e]
+    assert compile_step == [COMPILE_STEPS[configs]]
+    parser.get_parsed_content(f"initialize#{parser['initialize'].index(compile_step[0])}")
+    # nn.Module.compile() swaps the call in place; the DeTrans stays eager for its fast MS-DMSA kernel
+    assert network.encoder._compiled_call_impl is not None and network.decoder._compiled_call_impl is not None
+    assert network.detrans._compiled_call_impl is None
     assert list(network.state_dict()) == keys  # no "_orig_mod." prefix: checkpoints load either way
+
+    assert torch._inductor.config.freezing == (COMPILE_STEPS[configs] == FROZEN)
+    # the workflows load the checkpoint after compiling (handler at STARTED): frozen weights must be the loaded ones
+    torch.manual_seed(1)
+    reference = CoTr(**{k.split("#")[1]: v for k, v in TINY.items() if k.startswith("network_def#")}, out_channels=3)
+    network.load_state_dict(reference.state_dict())
+    reference.eval()
+    # through the config's own inferer, on a MetaTensor as the workflows give it: 3 windows of 32x32x16 in calls of
+    # 2, so the last call has another batch size
+    inferer = parser.get_parsed_content("inferer" if "inferer" in parser else "validate#inferer")
+    image = MetaTensor(torch.randn(1, 1, 64, 32, 16))
+    with torch.no_grad():
+        compiled = inferer(image, network)
+        eager = inferer(image, reference)
+    assert isinstance(compiled, MetaTensor)
+    torch.testing.assert_close(compiled.as_tensor(), eager.as_tensor(), atol=1e-4, rtol=1e-4)
