@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import DynUNet
 
 from scripts.benchmarks import compare_networks, equal_time_training
-from scripts.benchmarks.common import num_windows
+from scripts.benchmarks.common import markdown_table, num_windows
 from scripts.networks.baselines import DeepSupervisionDynUNet
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -129,6 +129,17 @@ def test_deep_supervision_dynunet_returns_heads_at_their_resolution():
 def test_num_windows_matches_the_issue_figure():
     assert num_windows((512, 512, 128), (192, 192, 48), 0.5) == 125
     assert num_windows((64, 32, 32), (64, 32, 32), 0.5) == 1
+
+
+def test_markdown_table_lines():
+    rows = (row for row in [["CoTr", "1.00x"], ["UNETR", "-"]])  # any iterable of rows
+    assert markdown_table(["network", "forward"], rows) == [
+        "| network | forward |",
+        "|---|---|",
+        "| CoTr | 1.00x |",
+        "| UNETR | - |",
+    ]
+    assert markdown_table(["a"], []) == ["| a |", "|---|"]
 
 
 def _check_harness(tmp_path, parts: tuple[str, ...], **switches) -> None:

@@ -41,6 +41,7 @@ from scripts.benchmarks.common import (
     format_bytes,
     machine_info,
     machine_line,
+    markdown_table,
     load_average,
     measure_peak_rss,
     num_windows,
@@ -197,13 +198,14 @@ def _report(
         f"is {default_precision()}. Time and peak memory cover the whole run (load, preprocess, compile where "
         "compiled, sliding window, postprocess, save); Dice is each segmentation against the straightforward one.",
         "",
-        "| configuration | time | speed-up | peak memory | Dice vs straightforward |",
-        "|---|---|---|---|---|",
+        *markdown_table(
+            ["configuration", "time", "speed-up", "peak memory", "Dice vs straightforward"],
+            (
+                [name, f"{r['seconds']:.1f} s", f"{r['speedup']:.2f}x", format_bytes(r["peak_rss"]), f"{r['dice']:.4f}"]
+                for name, r in results.items()
+            ),
+        ),
     ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['seconds']:.1f} s | {r['speedup']:.2f}x | {format_bytes(r['peak_rss'])} | {r['dice']:.4f} |"
-        )
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ import re
 import resource
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -30,6 +30,7 @@ __all__ = [
     "times_and_peak_rss",
     "update_docs_section",
     "format_bytes",
+    "markdown_table",
     "num_windows",
 ]
 
@@ -204,6 +205,15 @@ def format_bytes(num: float) -> str:
         if num >= scale:
             return f"{num / scale:.2f} {unit}" if unit == "GiB" else f"{num / scale:.0f} {unit}"
     return f"{num:.0f} B"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table: ``header`` cells, the separator, then one line per row of cells."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def update_docs_section(name: str, text: str, path: str = DOCS_PATH) -> str:

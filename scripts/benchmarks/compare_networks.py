@@ -52,6 +52,7 @@ from scripts.benchmarks.common import (
     load_average,
     machine_info,
     machine_line,
+    markdown_table,
     num_windows,
     release_memory,
     times_and_peak_rss,
@@ -376,26 +377,28 @@ def report(results: dict[str, dict[str, Any]], info: dict[str, str], settings: M
         "",
         "### Ratios to CoTr (same run; below 1 = faster or smaller than CoTr)",
         "",
-        "| network | " + " | ".join(METRICS[k][0] for k in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for name, r in results.items():
-        cells = ["-" if math.isnan(r["ratios"][k]) else f"{r['ratios'][k]:.2f}x" for k in columns]
-        lines.append(f"| {NETWORKS[name][0]} | " + " | ".join(cells) + " |")
-    lines += [
+        *markdown_table(
+            ["network", *(METRICS[k][0] for k in columns)],
+            (
+                [NETWORKS[name][0], *("-" if math.isnan(r["ratios"][k]) else f"{r['ratios'][k]:.2f}x" for k in columns)]
+                for name, r in results.items()
+            ),
+        ),
         "",
         "### Absolute values",
         "",
-        "| network | overlay | patch | " + " | ".join(METRICS[k][0] for k in columns) + " |",
-        "|---|---|---|" + "---|" * len(columns),
-    ]
-    for name, r in results.items():
-        overlay = ", ".join(f"`{o}`" for o in NETWORKS[name][1]) or "(none)"
-        cells = [(_format(r[k], METRICS[k][1]) if k in r else "-") for k in columns]
-        lines.append(
-            f"| {NETWORKS[name][0]} | {overlay} | {_size(r['patch'])} | " + " | ".join(cells) + " |"
-        )
-    lines += [
+        *markdown_table(
+            ["network", "overlay", "patch", *(METRICS[k][0] for k in columns)],
+            (
+                [
+                    NETWORKS[name][0],
+                    ", ".join(f"`{o}`" for o in NETWORKS[name][1]) or "(none)",
+                    _size(r["patch"]),
+                    *(_format(r[k], METRICS[k][1]) if k in r else "-" for k in columns),
+                ]
+                for name, r in results.items()
+            ),
+        ),
         "",
         "SwinUNETR needs sizes divisible by 32, so its overlay trains on 192x192x64 patches (the smallest such patch "
         "containing CoTr's 192x192x48) and slides 192x192x64 windows; UNETR's `img_size` is the patch size. DynUNet "
