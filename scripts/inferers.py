@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 __all__ = [
@@ -91,9 +90,6 @@ class FlipTTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, C_in, X, Y, Z) -> mean float32 logits (B, C_out, X, Y, Z)."""
-        # the network gets plain tensors: a network compiled for them raises on MetaTensor windows, and the
-        # sliding window puts the metadata back on its output
-        x = x.as_tensor() if isinstance(x, MetaTensor) else x
         total = None
         for dims in self.flips:
             out = self._predict(x.flip(dims)).flip(dims) if dims else self._predict(x)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from monai.data import MetaTensor
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
 from scripts import inferers
@@ -96,23 +95,3 @@ def test_precision_is_checked_and_the_default_fits_the_machine(monkeypatch):
     monkeypatch.setattr(inferers, "native_bfloat16_cpu", lambda: False)
     assert inferers.default_precision() == "float32"
 
-
-class RecordsInputTypes(nn.Conv3d):
-    def __init__(self) -> None:
-        super().__init__(1, 2, kernel_size=1)
-        self.input_types: list[type] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.input_types.append(type(x))
-        return super().forward(x)
-
-
-def test_network_gets_plain_tensors_and_the_sliding_window_keeps_the_metadata():
-    """A compiled network fails (or runs slow code) on MetaTensor windows; the output keeps the image's metadata."""
-    network = RecordsInputTypes()
-    image = MetaTensor(torch.randn(1, 1, 8, 6, 5), affine=torch.diag(torch.tensor([2.0, 1.5, 3.0, 1.0])))
-    with torch.no_grad():
-        out = FlipTTAInferer(SlidingWindowInferer(roi_size=(4, 6, 5), overlap=0.5), (1,))(image, network)
-    assert network.input_types and set(network.input_types) == {torch.Tensor}
-    assert isinstance(out, MetaTensor) and torch.equal(out.affine, image.affine)
-    torch.testing.assert_close(out.as_tensor(), FlipTTA(network, (1,))(image.as_tensor()))
