@@ -130,7 +130,15 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "output_dir": _PATH,
     "ckpt_dir": _PATH,
     "ckpt_path": _PATH,
-    "image_pattern": ("a non-empty glob pattern string, e.g. '*.nii.gz'", _is_path),
+    "image_pattern": (
+        "a glob pattern string that input folder entries must match, e.g. '*.nii.gz', or '' for every entry",
+        lambda v: isinstance(v, str),
+    ),
+    "datalist": (
+        "null (every NIfTI file and DICOM series of dataset_dir) or a list of image paths",
+        lambda v: v is None or (isinstance(v, Sequence) and not isinstance(v, str) and all(_is_path(p) for p in v)),
+    ),
+    "debug": _BOOL,
 }
 
 

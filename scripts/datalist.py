@@ -27,14 +27,17 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from scripts.atomic import atomic_output
+from scripts.geometry import check_affine, check_nifti_geometry, nibabel_messages_named
 
 __all__ = [
     "BTCV_LABELS",
     "PAPER_TRAIN_CASES",
     "PAPER_VAL_CASES",
     "SPLITS",
+    "LABELLED_KEYS",
     "DataValidationError",
     "NonHUIntensityWarning",
     "check_image_values",
@@ -72,6 +75,8 @@ PAPER_TRAIN_CASES: tuple[int, ...] = tuple(range(1, 11)) + tuple(range(21, 32))
 PAPER_VAL_CASES: tuple[int, ...] = tuple(range(32, 41))
 
 SPLITS = ("paper", "random", "kfold")
+#: datalist keys whose items are image/label pairs; items under other keys (``testing``) are images only
+LABELLED_KEYS = ("training", "validation")
 
 AFFINE_ATOL = 1e-3
 #: an image counts as CT in Hounsfield units when its minimum is at most this (air is about -1000 HU; an
@@ -80,7 +85,7 @@ HU_AIR_MAX = -500.0
 HU_MIN_SPAN = 500.0
 _MAX_LISTED_VALUES = 20
 # what nibabel raises for missing, truncated or corrupt files
-_READ_ERRORS = (ImageFileError, OSError, EOFError, zlib.error, ValueError, MemoryError)
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, MemoryError)
 
 
 class DataValidationError(ValueError):
@@ -112,15 +117,26 @@ def _spatial_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
 
 
 def _load_header(path: str, problems: list[str]) -> Any | None:
-    """nibabel image (header only, data not read) or None, appending a problem when it cannot be opened."""
+    """
+    nibabel image (header only, data not read) or None, appending a problem when it cannot be opened. What
+    nibabel reports while reading the header is re-issued as a warning naming the file.
+    """
     if not os.path.isfile(path):
         problems.append(f"{path}: file not found")
         return None
     try:
-        return nib.load(path)
+        with nibabel_messages_named(path):
+            return nib.load(path)
     except _READ_ERRORS as e:
         problems.append(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})")
         return None
+
+
+def _check_geometry(img: Any, path: str) -> list[str]:
+    """Problems of the header's voxel geometry (:mod:`scripts.geometry`); the voxel data is not read."""
+    if isinstance(img, nib.Nifti1Pair):  # NIfTI-1 and NIfTI-2, single file or pair
+        return check_nifti_geometry(img, path)
+    return check_affine(img.affine, path)  # other formats nibabel reads: their affine is all there is to check
 
 
 def _load_data(img: Any, path: str, problems: list[str]) -> np.ndarray | None:
@@ -177,10 +193,12 @@ def check_image_label_pair(image: str, label: str | None, num_classes: int) -> l
     Check one image (and optionally its label) NIfTI file.
 
     Checks: the files exist and can be read completely (missing, truncated or corrupt files are reported,
-    never raised); both are 3D (a trailing singleton 4th dimension is allowed); image and label have the
-    same shape and affine (``np.allclose``, ``atol=1e-3``); label values are integers in
-    ``[0, num_classes - 1]``; the image has no NaN/Inf and is not one constant value; and a warning when the
-    image does not look like CT in Hounsfield units (:func:`check_image_values`).
+    never raised); both headers define the voxel geometry (:func:`scripts.geometry.check_nifti_geometry`: voxel
+    size, orientation and position; the voxel data of a file whose header fails is not read); both are 3D (a
+    trailing singleton 4th dimension is allowed); image and label have the same shape and affine
+    (``np.allclose``, ``atol=1e-3``); label values are integers in ``[0, num_classes - 1]``; the image has no
+    NaN/Inf and is not one constant value; and a warning when the image does not look like CT in Hounsfield
+    units (:func:`check_image_values`).
 
     Args:
         image: path of the image file.
@@ -200,11 +218,14 @@ def check_image_label_pair(image: str, label: str | None, num_classes: int) -> l
 
     img = _load_header(image, problems)
     img_shape = None
+    img_geometry: list[str] = []
     if img is not None:
+        img_geometry = _check_geometry(img, image)
+        problems += img_geometry
         img_shape = _spatial_shape(img.shape)
         if img_shape is None:
             problems.append(f"{image}: image is not 3D (shape {tuple(img.shape)}, {len(img.shape)}D)")
-        data = _load_data(img, image, problems)
+        data = None if img_geometry else _load_data(img, image, problems)
         if data is not None and img_shape is not None:
             problems += check_image_values(data, image)
         del data
@@ -215,18 +236,22 @@ def check_image_label_pair(image: str, label: str | None, num_classes: int) -> l
     lbl = _load_header(label, problems)
     if lbl is None:
         return problems
+    lbl_geometry = _check_geometry(lbl, label)
+    problems += lbl_geometry
     lbl_shape = _spatial_shape(lbl.shape)
     if lbl_shape is None:
         problems.append(f"{label}: label is not 3D (shape {tuple(lbl.shape)}, {len(lbl.shape)}D)")
     if img is not None and img_shape is not None and lbl_shape is not None:
+        # the affine of a refused header may be nibabel's fallback, comparing it would only add noise
+        geometry_ok = not (img_geometry or lbl_geometry)
         if img_shape != lbl_shape:
             problems.append(f"{label}: label shape {lbl_shape} differs from image shape {img_shape} ({image})")
-        elif not np.allclose(img.affine, lbl.affine, atol=AFFINE_ATOL):
+        elif geometry_ok and not np.allclose(img.affine, lbl.affine, atol=AFFINE_ATOL):
             diff = float(np.max(np.abs(np.asarray(img.affine) - np.asarray(lbl.affine))))
             problems.append(
                 f"{label}: label affine differs from image affine (max abs difference {diff:.4g}) ({image})"
             )
-    values = _load_data(lbl, label, problems)
+    values = None if lbl_geometry else _load_data(lbl, label, problems)
     if values is not None and lbl_shape is not None:
         values = np.unique(values)
         if np.issubdtype(values.dtype, np.floating):
@@ -256,9 +281,11 @@ def validate_datalist(
     """
     Check every file of a datalist with :func:`check_image_label_pair` and raise once with all problems.
 
-    Items with a ``"label"`` are checked as pairs, items without one as images only. A missing, unreadable or
-    empty datalist file, a missing or empty key, an item without ``"image"`` and an image listed under two
-    keys (train/validation leakage) are problems too.
+    Items under :data:`LABELLED_KEYS` (``training``, ``validation``) are image/label pairs: one without a
+    ``"label"`` is a problem (its image is still checked). Items under other keys (``testing``) are checked as
+    images only. A missing, unreadable or empty datalist file, a key that is missing, empty or not a list, an
+    item that is not a dict or has no ``"image"``, and an image listed under two keys (train/validation
+    leakage) are problems too.
 
     Args:
         datalist: the datalist dict, or the path of a datalist JSON file.
@@ -281,11 +308,20 @@ def validate_datalist(
     seen: dict[str, str] = {}
     for key in keys:
         items = datalist.get(key)
+        if not isinstance(items, (list, tuple)) and items:  # a dict or a string would be iterated item by item
+            problems.append(
+                f"{source}: datalist['{key}'] must be a list of {{'image': ..., 'label': ...}} items, got a "
+                f"{type(items).__name__}"
+            )
+            continue
         if not items:
             problems.append(f"{source}: datalist key '{key}' is missing or empty")
             continue
         for i, item in enumerate(items):
-            if not isinstance(item, Mapping) or "image" not in item:
+            if not isinstance(item, Mapping):
+                problems.append(f"{source}: datalist['{key}'][{i}] is not an {{'image': ...}} dict: {item!r}")
+                continue
+            if "image" not in item:
                 problems.append(f"{source}: datalist['{key}'][{i}] has no 'image' entry: {item!r}")
                 continue
             image = _resolve(str(item["image"]), base_dir)
@@ -294,6 +330,11 @@ def validate_datalist(
                 problems.append(f"{image}: listed under both '{seen[norm]}' and '{key}'")
             seen.setdefault(norm, key)
             label = item.get("label")
+            if label is None and key in LABELLED_KEYS:
+                problems.append(
+                    f"{source}: datalist['{key}'][{i}] (image {image}) has no 'label' entry; {key} items are "
+                    "image/label pairs"
+                )
             label = None if label is None else _resolve(str(label), base_dir)
             problems += check_image_label_pair(image, label, num_classes)
     if problems:

@@ -1,12 +1,24 @@
 """
-Inference over a folder that reports bad inputs instead of stopping at the first one.
+Inference over a folder in which every entry is either segmented or reported with its reason.
 
-``configs/inference.json`` builds an :class:`InferenceInputs` from the folder's file list. Its ``check()`` runs in
-``initialize``, before the network is built: every input is read once; unreadable, non-3D, NaN/Inf or constant
-images are set aside with their reason (MONAI's ``SupervisedEvaluator`` would stop at the first one), and the
-run is refused, before any computing, when the output folder is the input folder or an output already exists
-(config id ``overwrite``). The evaluator then runs over the readable images only, and ``finalize()`` prints a
-summary and exits with status 1 when anything was skipped, so that a script notices.
+``configs/inference.json`` builds an :class:`InferenceInputs` from the input folder (config id ``dataset_dir``).
+Its ``check()`` runs in ``initialize``, before the network is built, and finds every problem it can before any
+computing:
+
+- discovery: NIfTI files (``.nii``, ``.nii.gz``, any letter case) and DICOM series (a sub-folder, or DICOM files
+  directly in the folder; several series in one folder are segmented one by one) are cases; hidden entries and
+  entries not matching the optional ``image_pattern`` are listed as ignored; anything else is skipped with its
+  reason;
+- every case is read once: unreadable, non-3D, NaN/Inf or constant images, undefined geometry
+  (:mod:`scripts.geometry`) and gapped or tilted DICOM series (:mod:`scripts.dicom`) are set aside with their
+  reason; a scan thinner than the training patch gets a warning;
+- outputs: the run is refused when the output folder is a file, inside the input folder, not writable or too
+  full, or when an output already exists (config id ``overwrite``).
+
+During the run :meth:`InferenceInputs.guard` and :meth:`InferenceInputs.run_case` (the evaluator's
+``iteration_update``) set aside a case that fails while it is loaded or predicted, so that the other cases are
+still segmented; ``finalize()`` prints a summary of every entry and exits with status 1 when anything was not
+segmented.
 
 :class:`AtomicNibabelWriter` makes ``SaveImaged`` write each segmentation to a temporary file and rename it into
 place: an interrupted run never leaves a truncated ``*_seg.nii.gz`` that looks finished.
@@ -14,25 +26,48 @@ place: an interrupted run never leaves a truncated ``*_seg.nii.gz`` that looks f
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import NibabelWriter
-from monai.data.utils import create_file_basename
+import torch
+from monai.data import MetaTensor, NibabelWriter
 
 from scripts.atomic import atomic_output
 from scripts.datalist import check_image_label_pair, check_image_values
 
-__all__ = ["InferenceInputs", "check_image", "output_path", "AtomicNibabelWriter"]
+__all__ = [
+    "InferenceInputs", "InputError", "Case", "check_image", "nifti_case_name", "output_path", "AtomicNibabelWriter",
+]
 
 logger = logging.getLogger(__name__)
 
-_NIFTI = (".nii", ".nii.gz")
+_NIFTI = (".nii.gz", ".nii")
+
+#: a uint8 label map compresses (gzip) to well under this fraction of its voxel count: the free-space estimate
+OUTPUT_BYTES_PER_VOXEL = 0.125
+#: room for each case's overlay PNG, measurement CSV and temporary file
+OUTPUT_BYTES_PER_CASE = 4 * 2**20
+
+#: the batch key that carries the case name, and the one that marks a case whose loading failed
+CASE_KEY = "case"
+FAILURE_KEY = "case_failure"
+
+_ANATOMICAL_AXES = ("R-L", "A-P", "S-I")
+
+
+class InputError(ValueError):
+    """An inference run that cannot start: the message names the folder or files and what to do."""
 
 
 def _within(path: str, folder: str) -> bool:
@@ -40,81 +75,161 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def _source_key(source: str) -> str:
+    """``source`` as ``LoadImage`` writes it into ``filename_or_obj``."""
+    return f"{Path(source).expanduser()}"
+
+
+def is_nifti(path: str) -> bool:
+    return path.lower().endswith(_NIFTI)
+
+
+def nifti_case_name(path: str) -> str:
+    """The file name without ``.nii`` / ``.nii.gz`` in any letter case: ``/d/Case.01.NII.GZ`` -> ``Case.01``."""
+    name = os.path.basename(path)
+    for ext in _NIFTI:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def output_path(case: str, output_dir: str, output_postfix: str = "seg", output_ext: str = ".nii.gz") -> str:
+    """The segmentation file of ``case`` (a case name, or a NIfTI path whose case name is used)."""
+    name = nifti_case_name(case) if is_nifti(case) else os.path.basename(case)
+    return os.path.join(output_dir, f"{name}_{output_postfix}{output_ext}" if output_postfix else f"{name}{output_ext}")
+
+
 def check_image(path: str) -> list[str]:
     """
-    Check one input image: readable completely, 3D (a trailing singleton dimension is allowed), no NaN/Inf, not
-    one constant value; warns when it does not look like CT in HU. NIfTI files are read with nibabel, anything
-    else (a DICOM series folder, NRRD, MHA, ...) with MONAI's ``LoadImage``.
+    Check one input NIfTI file: readable completely, 3D (a trailing singleton dimension is allowed), geometry
+    defined, no NaN/Inf, not one constant value; warns when it does not look like CT in HU.
 
     Returns:
         problem strings ``"<path>: <problem>"``; empty when the image is fine.
     """
-    if os.path.isfile(path) and path.lower().endswith(_NIFTI):
-        return check_image_label_pair(path, None, num_classes=2)
-    if not os.path.exists(path):
-        return [f"{path}: file not found"]
-    from monai.transforms import LoadImage
-
-    try:
-        data = np.asarray(LoadImage(image_only=True)(path))
-    except Exception as e:  # every reader error means the same to the user: this input cannot be read
-        detail = str(e).strip().splitlines()
-        return [f"{path}: unreadable image ({type(e).__name__}: {detail[-1] if detail else ''})"]
-    shape = data.shape[:3] if data.ndim == 4 and data.shape[3] == 1 else data.shape
-    if len(shape) != 3:
-        return [f"{path}: image is not 3D (shape {tuple(data.shape)}, {data.ndim}D)"]
-    return check_image_values(data, path)
+    return check_image_label_pair(path, None, num_classes=2)
 
 
-def output_path(image: str, output_dir: str, output_postfix: str = "seg", output_ext: str = ".nii.gz") -> str:
-    """The file ``SaveImaged(output_dir, output_postfix, output_ext, separate_folder=False)`` writes for ``image``."""
-    return create_file_basename(output_postfix, image, output_dir, separate_folder=False, makedirs=False) + output_ext
+@dataclass
+class Case:
+    """
+    One image to segment.
+
+    Attributes:
+        name: the case name; the output is ``<output_dir>/<name>_<postfix>.nii.gz``.
+        source: what ``LoadImaged`` reads: a NIfTI path or a DICOM series reference.
+        shown: how messages name the case (the file, or the folder and series UID).
+        shape: spatial shape (X, Y, Z) once checked.
+        affine: voxel-to-RAS affine once checked.
+        warnings: warnings raised while checking it.
+    """
+
+    name: str
+    source: str
+    shown: str
+    shape: tuple[int, ...] = ()
+    affine: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def item(self) -> dict[str, str]:
+        return {"image": self.source, CASE_KEY: self.name}
+
+
+def _strip(problems: Sequence[str], shown: str) -> str:
+    return "; ".join(p[len(shown) + 2 :] if p.startswith(f"{shown}: ") else p for p in problems)
+
+
+def thin_scan_warning(
+    shape: Sequence[int], affine: np.ndarray, patch_size: Sequence[int], target_spacing: Sequence[float]
+) -> str | None:
+    """
+    A warning when the scan, resampled to ``target_spacing`` (RAS axes), is smaller than ``patch_size`` along an
+    axis: the sliding window then pads it (with air) and the network sees less context than it was trained on.
+    None when the scan covers the patch.
+    """
+    columns = np.asarray(affine, dtype=float)[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    short = []
+    for ras in range(3):
+        axis = int(np.argmax(np.abs(columns[ras])))
+        extent = float(shape[axis] * spacing[axis])
+        needed = float(patch_size[ras] * target_spacing[ras])
+        if extent < needed - 1e-6:
+            short.append(
+                f"{extent:.1f} mm along {_ANATOMICAL_AXES[ras]} ({shape[axis]} voxels of {spacing[axis]:.2f} mm) "
+                f"against the training patch's {needed:.1f} mm ({patch_size[ras]} x {target_spacing[ras]:g} mm)"
+            )
+    if not short:
+        return None
+    return (
+        "the scan is smaller than the training patch: " + "; ".join(short) + ". It is padded with air to the patch "
+        "size; organs cut by the scan's edges are segmented with less context and may be missed or incomplete."
+    )
 
 
 class InferenceInputs:
     """
-    Checks the inputs and outputs of an inference run before it starts and reports what was skipped after it.
+    Finds and checks the inputs and outputs of an inference run before it starts, guards each case while it runs,
+    and reports every input folder entry after it.
 
     Args:
-        images: input image paths (files, or DICOM series folders), e.g. the config's ``datalist``.
+        images: input paths (NIfTI files or DICOM folders); None (default) discovers every case in ``dataset_dir``.
         output_dir: where the segmentations go (config id ``output_dir``).
-        dataset_dir: the input folder (config id ``dataset_dir``), for the messages and the same-folder check.
-        image_pattern: the glob pattern that listed ``images`` (config id ``image_pattern``), for the messages.
+        dataset_dir: the input folder (config id ``dataset_dir``).
+        image_pattern: optional glob pattern (case-insensitive) that ``dataset_dir`` entries must match
+            (config id ``image_pattern``; empty: every entry).
         overwrite: allow replacing existing segmentations (config id ``overwrite``); refused by default.
         output_postfix: ``SaveImaged``'s ``output_postfix``.
         output_ext: ``SaveImaged``'s ``output_ext``.
+        patch_size: the sliding-window size (config id ``patch_size``), for the thin-scan warning.
+        target_spacing: the resampling spacing (config id ``target_spacing``), for the thin-scan warning.
+        debug: re-raise a case's failure instead of setting the case aside (config id ``debug``).
 
     Examples::
 
-        inputs = InferenceInputs(sorted(glob.glob("/data/img/*.nii.gz")), "/data/pred", "/data/img")
-        inputs.check()  # raises on a setup problem, sets aside unreadable images
-        dataset = Dataset([{"image": p} for p in inputs.images], transform)
+        inputs = InferenceInputs(None, "/data/pred", "/data/img").check()  # raises on a setup problem
+        dataset = Dataset(inputs.items, inputs.guard(preprocessing))
+        evaluator = SupervisedEvaluator(..., iteration_update=inputs.run_case)
         ...
-        inputs.finalize()  # summary; SystemExit(1) if an image was skipped
+        inputs.finalize()  # summary; SystemExit(1) if an entry was not segmented
     """
 
     def __init__(
         self,
-        images: Sequence[str] | str,
-        output_dir: str,
+        images: Sequence[str] | str | None = None,
+        output_dir: str = "./outputs",
         dataset_dir: str | None = None,
         image_pattern: str | None = None,
         overwrite: bool = False,
         output_postfix: str = "seg",
         output_ext: str = ".nii.gz",
+        patch_size: Sequence[int] | None = None,
+        target_spacing: Sequence[float] | None = None,
+        debug: bool = False,
     ) -> None:
-        self.images_in = [images] if isinstance(images, str) else [os.fspath(p) for p in images]
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
+        self.images_in = None if images is None else [os.fspath(p) for p in images]
         self.output_dir = os.fspath(output_dir)
         self.dataset_dir = None if dataset_dir is None else os.fspath(dataset_dir)
-        self.image_pattern = image_pattern
+        self.image_pattern = image_pattern or None
         self.overwrite = overwrite
         self.output_postfix = output_postfix
         self.output_ext = output_ext
-        self.images: list[str] = []
+        self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
+        self.target_spacing = None if target_spacing is None else [float(s) for s in target_spacing]
+        self.debug = bool(debug)
+        self.cases: list[Case] = []
         self.outputs: dict[str, str] = {}
         self.skipped: list[tuple[str, str]] = []
-        self.warned: list[tuple[str, str]] = []
+        self.ignored: list[tuple[str, str]] = []
+        self.failed: list[tuple[str, str]] = []
+        self._by_source: dict[str, Case] = {}
+        self._nifti_names: dict[str, list[str]] = {}
         self._checked = False
+
+    # -- discovery ------------------------------------------------------------------------------------------
 
     def _where(self) -> str:
         if self.dataset_dir is None:
@@ -122,107 +237,325 @@ class InferenceInputs:
         pattern = f" matching '{self.image_pattern}'" if self.image_pattern else ""
         return f"{self.dataset_dir}{pattern}"
 
+    def _dicom_cases(self, folder: str, files: Sequence[str] | None = None) -> list[Case]:
+        """The series of ``folder`` (or of ``files`` in it) as cases; unusable files and series are reported."""
+        from scripts.dicom import find_series
+
+        series_list, unused = find_series(folder, files)
+        self.ignored += unused
+        cases = []
+        for series in series_list:
+            shown = series.shown
+            if series.problems:
+                self.skipped.append((shown, _strip(series.problems, shown)))
+                continue
+            case = Case(series.name, series.reference, shown, tuple(series.shape), series.affine)
+            case.warnings += series.warnings
+            cases.append(case)
+        return cases
+
+    def _classify(self, path: str, listed: bool) -> list[Case]:
+        """Cases of one entry (``listed``: named by the user rather than found in ``dataset_dir``)."""
+        name = os.path.basename(os.path.normpath(path))
+        if not listed and name.startswith("."):
+            self.ignored.append((path, "hidden entry"))
+            return []
+        if not listed and self.image_pattern and not fnmatch.fnmatch(name.lower(), self.image_pattern.lower()):
+            self.ignored.append((path, f"does not match image_pattern '{self.image_pattern}'"))
+            return []
+        if os.path.isdir(path):
+            reported = len(self.skipped)
+            cases = self._dicom_cases(path)
+            if not cases and len(self.skipped) == reported:
+                self.skipped.append((path, "folder without a DICOM image series (its files are listed as ignored)"))
+            return cases
+        if not os.path.exists(path):
+            self.skipped.append((path, "file not found"))
+            return []
+        if is_nifti(path):
+            return [Case(nifti_case_name(path), path, path)]
+        from scripts.dicom import is_dicom_file
+
+        if is_dicom_file(path):
+            return []  # collected per folder by the caller
+        stem = name.split(".")[0]
+        sidecar = [n for n in self._nifti_names.get(os.path.dirname(os.path.abspath(path)), ()) if nifti_case_name(n) == stem]
+        if sidecar:
+            self.ignored.append((path, f"sidecar file of {sidecar[0]}"))
+            return []
+        self.skipped.append(
+            (path, "not a NIfTI file (.nii, .nii.gz) or DICOM series: convert it to NIfTI to segment it")
+        )
+        return []
+
+    def _discover(self) -> list[Case]:
+        if self.images_in is not None:
+            paths, listed = self.images_in, True
+        else:
+            paths, listed = [os.path.join(self.dataset_dir, n) for n in sorted(os.listdir(self.dataset_dir))], False
+        self._nifti_names = {}
+        for p in paths:
+            if is_nifti(p):
+                self._nifti_names.setdefault(os.path.dirname(os.path.abspath(p)), []).append(os.path.basename(p))
+        cases = [c for p in paths for c in self._classify(p, listed)]
+        from scripts.dicom import is_dicom_file
+
+        loose: dict[str, list[str]] = {}
+        for p in paths:
+            if os.path.isfile(p) and not is_nifti(p) and is_dicom_file(p):
+                loose.setdefault(os.path.dirname(os.path.abspath(p)), []).append(p)
+        for folder, files in loose.items():
+            cases += self._dicom_cases(folder, files)
+        return cases
+
+    # -- checks ---------------------------------------------------------------------------------------------
+
+    def _check_case(self, case: Case) -> list[str]:
+        """Read ``case`` once: its problems (empty when usable); fills its shape, affine and warnings."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("always", UserWarning)
+            if is_nifti(case.source):
+                problems = check_image(case.source)
+                if not problems:
+                    import nibabel as nib
+
+                    image = nib.load(case.source)
+                    case.shape, case.affine = tuple(image.shape[:3]), np.asarray(image.affine)
+            else:
+                from scripts.dicom import read_series_reference
+
+                try:
+                    data, _ = read_series_reference(case.source)
+                    problems = check_image_values(data, case.shown)
+                except Exception as e:  # any reader error means the same here: this series cannot be read
+                    problems = [f"{case.shown}: unreadable DICOM series ({type(e).__name__}: {e})"]
+        case.warnings += [str(w.message) for w in caught]
+        if not problems and self.patch_size and self.target_spacing:
+            thin = thin_scan_warning(case.shape, case.affine, self.patch_size, self.target_spacing)
+            if thin:
+                case.warnings.append(f"{case.shown}: {thin}")
+        return problems
+
+    def _check_output_dir(self) -> None:
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise InputError(f"output_dir {self.output_dir} is a file, not a folder: choose another --output_dir.")
+        try:
+            os.makedirs(self.output_dir, exist_ok=True)
+            handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=self.output_dir)
+            os.close(handle)
+            os.remove(probe)
+        except OSError as e:
+            raise InputError(
+                f"output_dir {self.output_dir} cannot be written ({e.strerror or e}): choose another --output_dir "
+                "or fix its permissions."
+            ) from e
+
+    def _check_space(self) -> None:
+        needed = sum(OUTPUT_BYTES_PER_VOXEL * int(np.prod(c.shape)) + OUTPUT_BYTES_PER_CASE for c in self.cases)
+        free = shutil.disk_usage(self.output_dir).free
+        if free < needed:
+            raise InputError(
+                f"output_dir {self.output_dir} has {free / 2**20:.0f} MiB free; the {len(self.cases)} segmentation(s) "
+                f"need about {needed / 2**20:.0f} MiB. Free some space or choose another --output_dir."
+            )
+
     def check(self) -> InferenceInputs:
         """
-        Run the checks once (later calls do nothing).
+        Find the cases and run the checks once (later calls do nothing).
 
         Raises:
-            FileNotFoundError: the input folder does not exist, or nothing matches the pattern.
-            ValueError: the output folder is (inside) the input folder, or two inputs map to one output file.
+            InputError: the input folder is missing or holds no usable case, the output folder is a file, inside
+                the input folder, not writable or too full.
             FileExistsError: outputs exist and ``overwrite`` is False (each is named).
-            RuntimeError: no input can be read (each is named, with its reason).
         """
         if self._checked:
             return self
         if self.dataset_dir is not None and not os.path.isdir(self.dataset_dir):
-            raise FileNotFoundError(f"input folder {self.dataset_dir} not found (config id 'dataset_dir').")
-        if not self.images_in:
-            raise FileNotFoundError(
-                f"no input images: nothing in {self._where()} (config ids 'dataset_dir' and 'image_pattern')."
-            )
-        folders = {os.path.dirname(os.path.abspath(p)) for p in self.images_in}
-        if self.dataset_dir is not None:
-            folders.add(os.path.abspath(self.dataset_dir))
-        for folder in sorted(folders):
+            raise InputError(f"input folder {self.dataset_dir} not found (config id 'dataset_dir').")
+        roots = [self.dataset_dir] if self.dataset_dir else []
+        roots += [os.path.dirname(os.path.abspath(p)) for p in self.images_in or []]
+        for folder in sorted(set(roots)):
             if _within(self.output_dir, folder):
-                raise ValueError(
+                raise InputError(
                     f"output_dir {self.output_dir} is inside the input folder {folder}: inference never writes next "
                     "to its inputs. Choose another --output_dir."
                 )
-        for image in self.images_in:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                problems = check_image(image)
-            for w in caught:
-                self.warned.append((image, str(w.message)))
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self._check_output_dir()
+        found = self._discover()
+        for case in found:
+            problems = self._check_case(case)
             if problems:
-                reason = "; ".join(p[len(image) + 2 :] if p.startswith(f"{image}: ") else p for p in problems)
-                self.skipped.append((image, reason))
-                logger.warning(f"skipping {image}: {reason}")
+                self.skipped.append((case.shown, _strip(problems, case.shown)))
+                logger.warning(f"skipping {case.shown}: {self.skipped[-1][1]}")
             else:
-                self.images.append(image)
-        if not self.images:
-            raise RuntimeError(
-                f"none of the {len(self.images_in)} input image(s) in {self._where()} can be used:\n"
-                + "\n".join(f"  {p}: {r}" for p, r in self.skipped)
+                self.cases.append(case)
+            for message in case.warnings:
+                logger.warning(message)
+        self._set_aside_output_clashes()
+        if not self.cases:
+            reported = self.skipped + self.ignored
+            raise InputError(
+                f"no usable input image in {self._where()}"
+                + (":\n" + "\n".join(f"  {p}: {r}" for p, r in reported) if reported else " (the folder is empty).")
+                + "\nInference reads NIfTI files (.nii, .nii.gz) and DICOM series folders (config id 'dataset_dir')."
             )
-        by_output: dict[str, list[str]] = {}
-        for image in self.images:
-            by_output.setdefault(output_path(image, self.output_dir, self.output_postfix, self.output_ext), []).append(image)
-        clashes = {o: i for o, i in by_output.items() if len(i) > 1}
-        if clashes:
-            raise ValueError(
-                "several inputs would be written to the same output file:\n"
-                + "\n".join(f"  {o}: from {', '.join(i)}" for o, i in clashes.items())
-            )
-        self.outputs = {i[0]: o for o, i in by_output.items()}
-        existing = [(o, i) for i, o in self.outputs.items() if os.path.exists(o)]
+        existing = [(o, c.shown) for c in self.cases if os.path.exists(o := self.outputs[c.name])]
         if existing and not self.overwrite:
             raise FileExistsError(
                 f"{len(existing)} output file(s) already exist and overwrite is off:\n"
                 + "\n".join(f"  {o} (from {i})" for o, i in existing)
                 + "\nPass --overwrite True to replace them, or choose another --output_dir."
             )
+        self._check_space()
+        self._by_source = {_source_key(c.source): c for c in self.cases}
         self._checked = True
         logger.info(
-            f"inference: {len(self.images)} image(s) to segment into {self.output_dir}"
+            f"inference: {len(self.cases)} case(s) to segment into {self.output_dir}"
             + (f", {len(self.skipped)} skipped" if self.skipped else "")
+            + (f", {len(self.ignored)} ignored" if self.ignored else "")
         )
         return self
+
+    def _set_aside_output_clashes(self) -> None:
+        """Cases that would write the same output file, or whose output path is a folder, are skipped."""
+        by_output: dict[str, list[Case]] = {}
+        for case in self.cases:
+            by_output.setdefault(output_path(case.name, self.output_dir, self.output_postfix, self.output_ext), []).append(case)
+        kept = []
+        for output, cases in by_output.items():
+            if len(cases) > 1:
+                others = ", ".join(c.shown for c in cases)
+                self.skipped += [(c.shown, f"same output file {output} as {others}: rename one") for c in cases]
+            elif os.path.isdir(output):
+                self.skipped.append((cases[0].shown, f"the output path {output} is a folder"))
+            else:
+                kept.append(cases[0])
+                self.outputs[cases[0].name] = output
+        self.cases = [c for c in self.cases if c in kept]
+
+    # -- the run --------------------------------------------------------------------------------------------
+
+    @property
+    def images(self) -> list[str]:
+        """The sources of the usable cases (after :meth:`check`)."""
+        return [c.source for c in self.cases]
 
     @property
     def items(self) -> list[dict[str, str]]:
         """
-        ``[{"image": path}, ...]`` for the dataset: the usable inputs once :meth:`check` has run (the config's
-        ``initialize`` runs it), every input before (building the config without running it reads no file).
+        ``[{"image": source, "case": name}, ...]`` for the dataset: the usable cases once :meth:`check` has run
+        (the config's ``initialize`` runs it); nothing before, so that building the config reads no file.
         """
-        return [{"image": p} for p in (self.images if self._checked else self.images_in)]
+        return [c.item for c in self.cases] if self._checked else []
+
+    def case_of(self, source: Any) -> Case | None:
+        """The case loaded from ``source`` (a ``filename_or_obj``), or None."""
+        return self._by_source.get(_source_key(str(source))) if source else None
+
+    def name_formatter(self, metadict: Mapping[str, Any] | None, saver: Any = None) -> dict[str, Any]:
+        """``SaveImaged``'s ``output_name_formatter``: the output file of a case is named by its case name."""
+        case = self.case_of((metadict or {}).get("filename_or_obj"))
+        if case is None:
+            raise KeyError(f"no inference case was loaded from {(metadict or {}).get('filename_or_obj')!r}")
+        return {"subject": f"{case.name}.nii", "idx": None}  # FolderLayout drops the extension it is given
+
+    def guard(self, transform: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``transform`` (the preprocessing) that returns a failure marker instead of raising for one case."""
+        return _GuardedTransform(transform, self.debug)
+
+    def run_case(self, engine: Any, batch: Mapping[Hashable, Any]) -> dict:
+        """
+        The evaluator's ``iteration_update``: MONAI's iteration (inferer, postprocessing) for one case, or, when
+        its loading failed or the iteration raises, the case recorded as failed and an empty output.
+        """
+        name = _first(batch.get(CASE_KEY)) or f"case {engine.state.iteration}"
+        failure = _first(batch.get(FAILURE_KEY))
+        if failure:
+            self._fail(name, failure)
+            return {}
+        try:
+            return engine._iteration(engine, batch)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            if self.debug:
+                raise
+            self._fail(name, f"{type(e).__name__}: {e}")
+            return {}
+
+    def _fail(self, name: str, reason: str) -> None:
+        shown = next((c.shown for c in self.cases if c.name == name), name)
+        self.failed.append((shown, reason))
+        logger.error(f"{shown}: not segmented ({reason}); continuing with the other cases.")
+
+    # -- the report -----------------------------------------------------------------------------------------
 
     def summary(self) -> str:
-        """What was written, what was skipped and why, and any expected output that is missing."""
+        """What was written, what was skipped or failed and why, what was ignored, and the warnings."""
         written = [o for o in self.outputs.values() if os.path.exists(o)]
-        missing = [(i, o) for i, o in self.outputs.items() if not os.path.exists(o)]
-        lines = [f"inference: wrote {len(written)} of {len(self.images_in)} segmentation(s) to {self.output_dir}"]
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} input(s) that cannot be used:")
-            lines += [f"  {p}: {r}" for p, r in self.skipped]
+        failed = {s for s, _ in self.failed}
+        missing = [(c.shown, self.outputs[c.name]) for c in self.cases
+                   if c.shown not in failed and not os.path.exists(self.outputs[c.name])]
+        total = len(self.cases) + len(self.skipped)
+        lines = [f"inference: wrote {len(written)} of {total} segmentation(s) to {self.output_dir}"]
+        for title, entries in (
+            ("skipped {} input(s) that cannot be used", self.skipped),
+            ("{} case(s) failed while being segmented", self.failed),
+        ):
+            if entries:
+                lines.append(title.format(len(entries)) + ":")
+                lines += [f"  {p}: {r}" for p, r in entries]
         if missing:
             lines.append(f"{len(missing)} expected output(s) were not written:")
             lines += [f"  {o} (from {i})" for i, o in missing]
-        if self.warned:
-            lines.append(f"{len(self.warned)} warning(s):")
-            lines += [f"  {m}" for _, m in self.warned]
+        if self.ignored:
+            lines.append(f"ignored {len(self.ignored)} entr{'y' if len(self.ignored) == 1 else 'ies'} (not images):")
+            lines += [f"  {p}: {r}" for p, r in self.ignored]
+        messages = [m for c in self.cases for m in c.warnings]
+        if messages:
+            lines.append(f"{len(messages)} warning(s):")
+            lines += [f"  {m}" for m in messages]
         return "\n".join(lines)
 
     def finalize(self) -> None:
-        """Print :meth:`summary` (stderr) and exit with status 1 when an input was skipped or an output is missing."""
+        """Print :meth:`summary` (stderr) and exit with status 1 when an input was not segmented."""
         self.check()
         text = self.summary()
-        failed = bool(self.skipped) or any(not os.path.exists(o) for o in self.outputs.values())
+        failed = bool(self.skipped or self.failed) or any(not os.path.exists(o) for o in self.outputs.values())
         print(text, file=sys.stderr if failed else sys.stdout, flush=True)
         if failed:
             raise SystemExit(1)
+
+
+def _first(value: Any) -> Any:
+    """A batch-of-one value (collation makes lists) as the value itself."""
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else None
+    return value
+
+
+class _GuardedTransform:
+    """Runs a transform; on an exception returns ``{"image": <1 voxel>, "case": ..., "case_failure": reason}``."""
+
+    def __init__(self, transform: Callable[[Any], Any], debug: bool) -> None:
+        self.transform = transform
+        self.debug = debug
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Any:
+        try:
+            return self.transform(data)
+        except Exception as e:
+            if self.debug:
+                raise
+            cause = e
+            while cause.__cause__ is not None:  # MONAI wraps a transform's error in "applying transform ..."
+                cause = cause.__cause__
+            return {
+                "image": MetaTensor(torch.zeros(1, 1, 1, 1)),
+                CASE_KEY: data.get(CASE_KEY, ""),
+                FAILURE_KEY: f"{type(cause).__name__}: {cause}",
+            }
 
 
 class AtomicNibabelWriter(NibabelWriter):

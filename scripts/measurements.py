@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from scripts.report import SavedSegmentationTransform, case_name, write_csv_atomic
+from scripts.visualize import load_volume
 
 __all__ = ["MEASUREMENT_COLUMNS", "organ_measurements", "write_rows_csv", "SaveMeasurementsd"]
 
@@ -23,25 +24,26 @@ def organ_measurements(
     One row per label of ``label_names`` (background excluded): voxel count, volume in mL (voxel count times the
     voxel volume |det| of the affine's 3x3 part) and the mean, median, 5th and 95th percentile of the image
     (HU for CT) inside the label; NaN statistics for an absent label. Both files are read as stored, so the
-    segmentation must be in the image's geometry (as inference writes it).
+    segmentation must be in the image's geometry (as inference writes it). The image is a NIfTI file or a DICOM
+    series (:func:`scripts.visualize.load_volume`).
 
     Raises:
         ValueError: naming both files, when their shapes or affines differ.
     """
-    image, segmentation = nib.load(image_path), nib.load(segmentation_path)
-    if image.shape[:3] != segmentation.shape[:3] or not np.allclose(image.affine, segmentation.affine, atol=1e-3):
+    intensities, affine = load_volume(image_path)
+    segmentation = nib.load(segmentation_path)
+    if intensities.shape[:3] != segmentation.shape[:3] or not np.allclose(affine, segmentation.affine, atol=1e-3):
         raise ValueError(
             f"{segmentation_path}: shape {segmentation.shape} / affine differ from the image {image_path} "
-            f"{image.shape}; measurements need the segmentation in the image's geometry."
+            f"{intensities.shape}; measurements need the segmentation in the image's geometry."
         )
-    intensities = np.asarray(image.dataobj, dtype=np.float64).reshape(image.shape[:3])
     labels = np.asarray(segmentation.dataobj).reshape(segmentation.shape[:3])
-    voxel_ml = abs(float(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     rows = []
     for label, name in sorted(label_names.items()):
         if int(label) == 0:
             continue
-        inside = intensities[labels == int(label)]
+        inside = intensities[labels == int(label)].astype(np.float64)  # the organ only: memory stays small
         stats = np.percentile(inside, [50, 5, 95]) if inside.size else [np.nan] * 3
         rows.append(
             {
@@ -75,8 +77,8 @@ class SaveMeasurementsd(SavedSegmentationTransform):
         super().__init__(*args, **kwargs)
         self.summary: list[dict[str, Any]] = []
 
-    def write_case(self, source: str, segmentation: str) -> None:
-        rows = organ_measurements(source, segmentation, self.label_names)
-        write_rows_csv(rows, os.path.join(self.output_dir, f"{case_name(source)}_measurements.csv"))
+    def write_case(self, case: str, source: str, segmentation: str) -> None:
+        rows = [{**row, "case": case} for row in organ_measurements(source, segmentation, self.label_names)]
+        write_rows_csv(rows, os.path.join(self.output_dir, f"{case}_measurements.csv"))
         self.summary += rows
         write_rows_csv(self.summary, os.path.join(self.output_dir, "measurements_summary.csv"))

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
-from monai.data.utils import create_file_basename
 from monai.transforms import MapTransform
 from monai.utils import min_version, optional_import
 
@@ -82,8 +81,12 @@ BOXPLOT_FIGSIZE, CURVES_FIGSIZE, FIGURE_DPI = (12.0, 5.5), (12.0, 4.5), 100
 
 
 def case_name(path: str) -> str:
-    """Case name of an image path as ``SaveImaged`` forms it: the file name without ``.nii.gz``/``.nii``."""
-    return os.path.basename(create_file_basename("", path, "", separate_folder=False, makedirs=False))
+    """Case name of an image path: the file name without ``.nii.gz``/``.nii`` (any letter case), or a folder's name."""
+    name = os.path.basename(os.path.normpath(path))
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def _parse_value(text: str) -> float:
@@ -460,10 +463,11 @@ def source_filename(data: Mapping[Hashable, Any], key: Hashable) -> str | None:
 
 class SavedSegmentationTransform(MapTransform):
     """
-    Base of inference postprocessing placed after ``SaveImaged``: for every case, :meth:`write_case` gets the
-    original image path (the ``filename_or_obj`` of the key's MetaTensor meta, or of ``<key>_meta_dict``) and the
-    saved segmentation ``seg_dir/<case>_<output_postfix><output_ext>``, as ``SaveImaged(output_postfix=...,
-    separate_folder=False)`` names it. A failure is logged as a warning; the data passes through unchanged.
+    Base of inference postprocessing placed after ``SaveImaged``: for every case, :meth:`write_case` gets the case
+    name (the item's ``"case"`` entry, else :func:`case_name` of the source), the original image (the
+    ``filename_or_obj`` of the key's MetaTensor meta, or of ``<key>_meta_dict``: a NIfTI file or a DICOM series)
+    and the saved segmentation ``seg_dir/<case>_<output_postfix><output_ext>``, as inference names it. A failure is
+    logged as a warning naming the case; the data passes through unchanged.
 
     Args:
         keys: the image key(s) whose file names identify the cases.
@@ -495,8 +499,8 @@ class SavedSegmentationTransform(MapTransform):
         self.label_names = {int(k): v for k, v in (BTCV_LABELS if label_names is None else label_names).items()}
         self.enabled = bool(enabled)
 
-    def write_case(self, source: str, segmentation: str) -> None:
-        """Write this transform's output for one case: ``source`` image, ``segmentation`` file."""
+    def write_case(self, case: str, source: str, segmentation: str) -> None:
+        """Write this transform's output for one case: its name, ``source`` image, ``segmentation`` file."""
         raise NotImplementedError
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -509,13 +513,14 @@ class SavedSegmentationTransform(MapTransform):
             if source is None:
                 logger.warning(f"{name}: {key!r} has no filename_or_obj; case skipped.")
                 continue
-            segmentation = create_file_basename(
-                self.output_postfix, source, self.seg_dir, separate_folder=False, makedirs=False
-            ) + self.output_ext
+            case = d.get("case")
+            case = str(case[0] if isinstance(case, (list, tuple)) else case) if case else case_name(source)
+            postfix = f"_{self.output_postfix}" if self.output_postfix else ""
+            segmentation = os.path.join(self.seg_dir, f"{case}{postfix}{self.output_ext}")
             try:
-                self.write_case(source, segmentation)
+                self.write_case(case, source, segmentation)
             except Exception as e:
-                logger.warning(f"{name}: {source} skipped ({type(e).__name__}: {e}).")
+                logger.warning(f"{name}: {case} ({source}) skipped ({type(e).__name__}: {e}).")
         return d
 
 
@@ -547,9 +552,9 @@ class SaveOverlayd(SavedSegmentationTransform):
             raise ValueError(f"window must be (level, width) with width > 0, got {window}.")
         self.window = (float(window[0]), float(window[1]))
 
-    def write_case(self, source: str, segmentation: str) -> None:
-        output_png = os.path.join(self.output_dir, f"{case_name(source)}.png")
-        save_overlay_png(source, segmentation, output_png, None, self.label_names, self.window)
+    def write_case(self, case: str, source: str, segmentation: str) -> None:
+        output_png = os.path.join(self.output_dir, f"{case}.png")
+        save_overlay_png(source, segmentation, output_png, None, self.label_names, self.window, title=case)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ __all__ = [
     "organ_name",
     "legend_entries",
     "load_canonical",
+    "load_volume",
     "choose_slices",
     "orthogonal_slices",
     "save_figure_atomic",
@@ -108,21 +109,41 @@ def legend_entries(
     return entries
 
 
+def load_volume(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The voxels and voxel-to-RAS affine of an image as inference reads it: a NIfTI file (as stored), or a DICOM
+    series (a folder or a series reference, :func:`scripts.dicom.read_series_reference`).
+
+    Returns:
+        the voxel array (X, Y, Z) (a trailing singleton 4th dimension dropped) and the (4, 4) affine.
+    """
+    if not source.lower().endswith((".nii", ".nii.gz")):
+        from scripts.dicom import read_series_reference
+
+        return read_series_reference(source)
+    image = nib.load(source)
+    data = np.asanyarray(image.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return data, np.asarray(image.affine, dtype=float)
+
+
 def load_canonical(path: str) -> tuple[np.ndarray, np.ndarray]:
     """
-    Load a 3D NIfTI file reoriented to the closest RAS+ orientation: indices grow towards the patient's Right,
-    Anterior and Superior along axes 0, 1 and 2. A trailing singleton 4th dimension is dropped.
+    Load a 3D image (:func:`load_volume`) reoriented to the closest RAS+ orientation: indices grow towards the
+    patient's Right, Anterior and Superior along axes 0, 1 and 2.
 
     Returns:
         the voxel array (X, Y, Z) and the voxel spacing (3,) in mm, both in RAS+ axis order.
     """
-    image = nib.as_closest_canonical(nib.load(path))
-    data = np.asanyarray(image.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
+    data, affine = load_volume(path)
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}.")
-    return data, np.asarray(image.header.get_zooms()[:3], dtype=float)
+    orientation = nib.orientations.io_orientation(affine)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = np.empty(3)
+    zooms[orientation[:, 0].astype(int)] = spacing  # input axis i becomes output axis orientation[i, 0]
+    return nib.orientations.apply_orientation(data, orientation), zooms
 
 
 def choose_slices(segmentation: np.ndarray) -> tuple[int, int, int]:
