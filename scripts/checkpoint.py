@@ -5,8 +5,11 @@ Checkpoints that survive interruption and load safely.
   place, so an interrupted write never leaves a truncated ``.pt`` and never destroys the previous one.
 - :func:`load_checkpoint` reads with ``torch.load(..., weights_only=True)`` (a file can hold tensors and plain
   containers only; it never runs code) and turns the errors into messages naming the file.
+- :func:`unwrap_network_state` finds the network's state dict in a checkpoint saved through the usual wrappers:
+  nested in a ``"state_dict"``/``"model"``/``"network"`` entry, keys prefixed by ``module.`` (DDP,
+  DataParallel), ``_orig_mod.`` (``torch.compile``) or a Lightning module's ``model.``/``net.``.
 - :func:`check_network_state` compares a state dict with a network before loading and says in words what is
-  wrong: another number of classes, another network variant, another width.
+  wrong: another number of classes, another network variant, another width, another model.
 - :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` with atomic writes. MONAI's own saver writes in
   place (``DiskSaver(atomic=False)``) and, for a fixed file name such as ``model.pt``, deletes the old file
   before writing the new one: a kill in between loses the model.
@@ -27,7 +30,8 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -35,6 +39,7 @@ import torch.nn as nn
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 from monai.utils import min_version, optional_import
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from scripts.atomic import atomic_output
 
@@ -48,6 +53,9 @@ __all__ = [
     "RESUMABLE_FILENAME",
     "save_atomic",
     "load_checkpoint",
+    "WRAPPER_PREFIXES",
+    "STATE_ENTRIES",
+    "unwrap_network_state",
     "check_network_state",
     "check_checkpoint",
     "resolve_resume_path",
@@ -66,6 +74,18 @@ RESUMABLE_FILENAME = "checkpoint_latest.pt"
 _MAX_LISTED = 5
 # what torch.load raises for a truncated or corrupt file
 _READ_ERRORS = (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError)
+
+#: prefix that a wrapper adds to every key of the state dict it saves -> where the checkpoint comes from
+WRAPPER_PREFIXES: dict[str, str] = {
+    "module.": "saved from DistributedDataParallel or DataParallel",
+    "_orig_mod.": "saved from a torch.compile'd network",
+    "model.": "saved from a wrapper module's 'model' attribute, e.g. a Lightning module",
+    "net.": "saved from a wrapper module's 'net' attribute, e.g. a Lightning module",
+}
+# attribute names any model may use: removed only when the names left are exactly the network's
+_GENERIC_PREFIXES = ("model.", "net.")
+#: entries of a checkpoint dict that hold the network's state dict (ignite/MONAI savers, Lightning, others)
+STATE_ENTRIES = ("state_dict", "model", "network")
 
 
 class CheckpointError(ValueError):
@@ -130,6 +150,107 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names[:_MAX_LISTED]) + (f" (and {more} more)" if more > 0 else "")
 
 
+def _is_tensor_dict(state: Any) -> bool:
+    return isinstance(state, Mapping) and len(state) > 0 and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def _wrapper_prefix(names: Collection[str], expected: Collection[str]) -> str | None:
+    """The prefix of :data:`WRAPPER_PREFIXES` that every name carries and that is safe to remove, or None."""
+    for prefix in WRAPPER_PREFIXES:
+        if not all(name.startswith(prefix) for name in names) or any(name.startswith(prefix) for name in expected):
+            continue  # a partial prefix, or the network's own names start so: not a wrapper's
+        if prefix in _GENERIC_PREFIXES and {name[len(prefix) :] for name in names} != set(expected):
+            continue
+        return prefix
+    return None
+
+
+def _without_prefix(state: Mapping, prefix: str) -> OrderedDict:
+    """A copy of ``state`` without ``prefix``, keeping the per-module versions ``load_state_dict`` reads."""
+    stripped = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        stripped._metadata = OrderedDict(metadata)  # type: ignore[attr-defined]  # renamed in place below
+    consume_prefix_in_state_dict_if_present(stripped, prefix)
+    return stripped
+
+
+def unwrap_network_state(state: Any, network: nn.Module, path: str = "checkpoint", key: str = "model") -> Any:
+    """
+    The state dict of ``network`` inside ``state`` as saved through the usual wrappers, logging (INFO) what was
+    unwrapped: a checkpoint dict holding it under ``key`` or else one of :data:`STATE_ENTRIES` (nested entries
+    are followed), then prefixes of :data:`WRAPPER_PREFIXES` carried by every key (``module._orig_mod.`` from a
+    compiled DDP network: both). ``model.``/``net.`` are removed only when the names left are exactly the
+    network's; a prefix that only some keys carry is never removed. What does not unwrap is returned as it is,
+    for :func:`check_network_state` to explain.
+
+    Args:
+        state: what :func:`load_checkpoint` returned, or its entry for the network.
+        network: the configured network (DDP/DataParallel wrappers are looked through).
+        path: the checkpoint file, for the log.
+        key: entry of the network in a checkpoint dict (config ``load_dict`` key).
+    """
+    expected = set(_unwrap(network).state_dict())
+    steps = []
+    while isinstance(state, Mapping) and not _is_tensor_dict(state):
+        entry = next((k for k in dict.fromkeys((key, *STATE_ENTRIES)) if isinstance(state.get(k), Mapping)), None)
+        if entry is None:
+            break
+        state = state[entry]
+        if entry != key:  # under ``key`` is where the configs' own checkpoints keep it: nothing to report
+            steps.append(f"took the network state dict from its '{entry}' entry")
+    while _is_tensor_dict(state) and set(state) != expected:
+        prefix = _wrapper_prefix(list(state), expected)
+        if prefix is None:
+            break
+        state = _without_prefix(state, prefix)
+        steps.append(f"removed the '{prefix}' prefix of {len(state)} keys ({WRAPPER_PREFIXES[prefix]})")
+    if steps:
+        logger.info(f"checkpoint {path}: " + "; ".join(steps))
+    return state
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The first dotted component that every name starts with (``"model."``), or ``""``."""
+    first = names[0].split(".", 1)[0] + "." if "." in names[0] else ""
+    return first if first and all(name.startswith(first) for name in names) else ""
+
+
+def _names_problem(names: list[str], expected: list[str], network: nn.Module) -> str:
+    """Why the parameter names of a checkpoint differ from the network's, with the advice that fits the cause."""
+    wanted = set(expected)
+    for prefix, origin in WRAPPER_PREFIXES.items():
+        carried = [name for name in names if name.startswith(prefix)]
+        if 0 < len(carried) < len(names) and any(name[len(prefix) :] in wanted for name in carried):
+            return (
+                f"{len(carried)} of its {len(names)} parameter names carry the '{prefix}' prefix ({origin}) and the "
+                "others do not: such a mix is not unwrapped automatically. Save the state dict of the unwrapped "
+                "network (e.g. model.module.state_dict() for DistributedDataParallel)"
+            )
+    note = ""
+    common = _common_prefix(names)
+    if common and not wanted.intersection(names) and wanted.intersection(n[len(common) :] for n in names):
+        names = [name[len(common) :] for name in names]
+        note = f"all its parameter names carry the prefix '{common}' (a wrapper module's attribute) and, without it, "
+    if not wanted.intersection(names):
+        return (
+            f"it shares no parameter name with the configured {type(_unwrap(network)).__name__} (the checkpoint holds "
+            f"{_listed(names)}; the network needs {_listed(expected)}): it is a checkpoint of another model. Check "
+            "--ckpt_path, or run with the network_def the model was trained with (e.g. configs/baselines/...)"
+        )
+    present = set(names)
+    missing = [k for k in expected if k not in present]
+    unexpected = [k for k in names if k not in wanted]
+    return (
+        note
+        + "the checkpoint is for another network variant: "
+        + (f"{len(missing)} parameter(s) the network needs are missing ({_listed(missing)})" if missing else "")
+        + ("; " if missing and unexpected else "")
+        + (f"{len(unexpected)} parameter(s) the network lacks ({_listed(unexpected)})" if unexpected else "")
+        + ". Use the same network_def overlay (configs/variants/...) as for training"
+    )
+
+
 def check_network_state(network: nn.Module, state: Any, path: str = "checkpoint", strict: bool = True) -> None:
     """
     Check that ``state`` is a state dict ``network`` can load, before loading it, and explain a mismatch.
@@ -143,7 +264,8 @@ def check_network_state(network: nn.Module, state: Any, path: str = "checkpoint"
     Raises:
         CheckpointError: naming the file and, in words, the mismatch: another number of output classes
             (config id ``num_classes``), another network variant (missing/unexpected parameters: blocks,
-            DeTrans levels, ...), or other parameter shapes (widths).
+            DeTrans levels, ...), other parameter shapes (widths), another model (no parameter name in
+            common), or wrapped and unwrapped names mixed.
     """
     expected = _unwrap(network).state_dict()
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -169,13 +291,7 @@ def check_network_state(network: nn.Module, state: Any, path: str = "checkpoint"
             "num_heads, num_points, num_classes, ...) differs from the one the checkpoint was trained with"
         )
     if strict and (missing or unexpected):
-        problems.append(
-            "the checkpoint is for another network variant: "
-            + (f"{len(missing)} parameter(s) the network needs are missing ({_listed(missing)})" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"{len(unexpected)} parameter(s) the network lacks ({_listed(unexpected)})" if unexpected else "")
-            + ". Use the same network_def overlay (configs/variants/...) as for training"
-        )
+        problems.append(_names_problem(list(state), list(expected), network))
     if problems:
         raise CheckpointError(f"{path} does not fit the configured network: " + "; ".join(problems) + ".")
 
@@ -186,15 +302,13 @@ def check_checkpoint(path: str, network: nn.Module, map_location: Any = "cpu", k
     so that a missing, unsafe or mismatched checkpoint is reported before any data is read.
 
     Args:
-        path: a network state dict (``model.pt``) or a checkpoint dict holding one under ``key``.
+        path: a network state dict (``model.pt``), possibly saved through a wrapper (:func:`unwrap_network_state`),
+            or a checkpoint dict holding one under ``key``.
         network: the configured network.
         map_location: ``torch.load``'s ``map_location``.
         key: entry of the network in a checkpoint dict (config ``load_dict`` key).
     """
-    checkpoint = load_checkpoint(path, map_location)
-    if isinstance(checkpoint, Mapping) and key in checkpoint and isinstance(checkpoint[key], Mapping):
-        checkpoint = checkpoint[key]
-    check_network_state(network, checkpoint, path)
+    check_network_state(network, unwrap_network_state(load_checkpoint(path, map_location), network, path, key), path)
 
 
 def resolve_resume_path(resume: bool | str | None, checkpoint_path: str) -> str | None:
@@ -257,7 +371,8 @@ def load_matching_weights(
 
     Args:
         network: the network to initialise (a DDP wrapper is looked through).
-        path: a plain state dict, or a dict holding it under ``key``, read with ``weights_only=True``.
+        path: a plain state dict, or a dict holding it under ``key``, read with ``weights_only=True`` and unwrapped
+            with :func:`unwrap_network_state`.
         map_location: device for the loaded tensors.
         key: where the state dict sits in a checkpoint dict.
 
@@ -269,9 +384,7 @@ def load_matching_weights(
     """
     if not path:
         return [], []
-    state = load_checkpoint(path, map_location)
-    if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-        state = state[key]
+    state = unwrap_network_state(load_checkpoint(path, map_location), network, path, key)
     own = _unwrap(network).state_dict()
     loaded = [name for name, value in state.items() if name in own and own[name].shape == value.shape]
     skipped = sorted(set(own) - set(loaded))
@@ -346,7 +459,8 @@ class CheckpointLoader(_MonaiCheckpointLoader):
     MONAI's ``CheckpointLoader`` (same arguments) that explains what is wrong: a missing file, an unreadable or
     unsafe one (``weights_only=True`` refuses arbitrary pickles), a missing entry, or a network mismatch
     (:func:`check_network_state`), each message naming the file. Loads a network from a plain state dict
-    (``model.pt``) or from a resumable checkpoint (its ``"model"`` entry).
+    (``model.pt``), from a resumable checkpoint (its ``"model"`` entry), or from one saved through a wrapper
+    (:func:`unwrap_network_state`: DDP, ``torch.compile``, nested ``"state_dict"`` entries, ...).
     """
 
     def __call__(self, engine: Engine) -> None:
@@ -360,8 +474,10 @@ class CheckpointLoader(_MonaiCheckpointLoader):
         missing = [k for k in load_dict if k not in checkpoint]
         if missing:
             raise CheckpointError(f"{self.load_path}: has no {missing} entry (it holds {list(checkpoint)}).")
+        checkpoint = dict(checkpoint)
         for key, obj in load_dict.items():
             if isinstance(obj, nn.Module):
+                checkpoint[key] = unwrap_network_state(checkpoint[key], obj, self.load_path, key)
                 check_network_state(obj, checkpoint[key], self.load_path, self.strict)
         prior_max_epochs = engine.state.max_epochs
         Checkpoint.load_objects(to_load=load_dict, checkpoint=checkpoint, strict=self.strict)

@@ -1,7 +1,11 @@
-"""Checkpoints: atomic writes that survive a kill, safe loading, clear errors for the wrong network."""
+"""
+Checkpoints: atomic writes that survive a kill, safe loading, checkpoints saved through wrappers (DDP,
+torch.compile, nested entries), clear errors for the wrong network.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -20,8 +24,10 @@ from scripts.checkpoint import (
     check_checkpoint,
     check_resume,
     load_checkpoint,
+    load_matching_weights,
     resolve_resume_path,
     save_atomic,
+    unwrap_network_state,
 )
 
 from .conftest import BUNDLE_ROOT, CONFIGS, config_paths
@@ -301,6 +307,115 @@ def test_matching_checkpoint_loads(tmp_path):
     network = _network()
     CheckpointLoader(load_path=path, load_dict={"model": network}, map_location="cpu")(_engine())
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), network.state_dict().values()))
+
+
+def test_checkpoint_of_another_model_entirely(tmp_path):
+    path = str(tmp_path / "model.pt")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), path)
+    with pytest.raises(CheckpointError) as raised:
+        check_checkpoint(path, _network())
+    message = str(raised.value)
+    assert "it shares no parameter name with the configured CoTr (the checkpoint holds weight, bias;" in message
+    assert "it is a checkpoint of another model" in message and "variant" not in message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints saved through wrappers: DDP, torch.compile, nested entries
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ddp(network: torch.nn.Module, folder) -> torch.nn.parallel.DistributedDataParallel:
+    """``network`` in a real DistributedDataParallel (a one-process gloo group, closed again at once)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/process_group", rank=0, world_size=1)
+    try:
+        return torch.nn.parallel.DistributedDataParallel(network)
+    finally:
+        dist.destroy_process_group()
+
+
+_DDP_LOG = "removed the 'module.' prefix of {n} keys (saved from DistributedDataParallel or DataParallel)"
+_COMPILE_LOG = "removed the '_orig_mod.' prefix of {n} keys (saved from a torch.compile'd network)"
+_ENTRY_LOG = "took the network state dict from its 'state_dict' entry"
+_LIGHTNING_LOG = (
+    "removed the 'model.' prefix of {n} keys (saved from a wrapper module's 'model' attribute, e.g. a Lightning module)"
+)
+
+
+@pytest.mark.parametrize(
+    "wrap, steps",
+    [
+        (lambda net, tmp: _ddp(net, tmp).state_dict(), [_DDP_LOG]),
+        (lambda net, tmp: torch.compile(net).state_dict(), [_COMPILE_LOG]),
+        (lambda net, tmp: torch.compile(_ddp(net, tmp)).state_dict(), [_COMPILE_LOG, _DDP_LOG]),
+        (lambda net, tmp: {"state_dict": net.state_dict(), "epoch": 3}, [_ENTRY_LOG]),
+        (
+            lambda net, tmp: {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3},
+            [_ENTRY_LOG, _LIGHTNING_LOG],
+        ),
+    ],
+    ids=["ddp", "compiled", "compiled_ddp", "nested_state_dict", "lightning"],
+)
+def test_wrapped_checkpoint_loads_with_identical_weights(tmp_path, caplog, wrap, steps):
+    source = _network()
+    expected = source.state_dict()
+    path = str(tmp_path / "model.pt")
+    torch.save(wrap(source, tmp_path), path)
+    network = _network()
+    assert not all(torch.equal(network.state_dict()[k], v) for k, v in expected.items())  # fresh weights
+    with caplog.at_level(logging.INFO, logger="scripts.checkpoint"):
+        check_checkpoint(path, network)  # the configs' initialize: accepted
+        unwrapped = unwrap_network_state(load_checkpoint(path), network, path)
+        CheckpointLoader(load_path=path, load_dict={"model": network}, map_location="cpu")(_engine())  # evaluator
+    line = f"checkpoint {path}: " + "; ".join(step.format(n=len(expected)) for step in steps)
+    assert [r.getMessage() for r in caplog.records if r.name == "scripts.checkpoint"] == [line] * 3
+    loaded = network.state_dict()
+    assert list(unwrapped) == list(loaded) == list(expected)
+    assert all(torch.equal(unwrapped[k], v) and torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def test_wrapped_checkpoint_initialises_a_fine_tuning(tmp_path):
+    source = _network()
+    path = str(tmp_path / "model.pt")
+    torch.save({"state_dict": _ddp(source, tmp_path).state_dict()}, path)
+    network = _network()
+    loaded, skipped = load_matching_weights(network, path)
+    assert len(loaded) == len(source.state_dict()) and skipped == []
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+def test_wrapped_checkpoint_of_another_network_keeps_its_diagnosis(tmp_path):
+    path = str(tmp_path / "model.pt")
+    torch.save(_ddp(_network(num_classes=5), tmp_path).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"predicts 5 classes but the network is configured for 14"):
+        check_checkpoint(path, _network())
+    lightning = {f"model.{k}": v for k, v in _network(**{"network_def#blocks": [2, 2, 2]}).state_dict().items()}
+    torch.save({"state_dict": lightning}, path)
+    with pytest.raises(CheckpointError) as raised:  # not stripped: the names left are not the network's
+        check_checkpoint(path, _network())
+    assert "all its parameter names carry the prefix 'model.'" in str(raised.value)
+    assert "another network variant: 9 parameter(s) the network lacks (encoder.stages.0.1." in str(raised.value)
+
+
+def test_a_partial_prefix_is_not_removed(tmp_path, caplog):
+    state = _network().state_dict()
+    mixed = {(f"module.{k}" if i % 2 else k): v for i, (k, v) in enumerate(state.items())}
+    path = str(tmp_path / "model.pt")
+    torch.save(mixed, path)
+    network = _network()
+    with caplog.at_level(logging.INFO, logger="scripts.checkpoint"):
+        assert unwrap_network_state(load_checkpoint(path), network, path).keys() == mixed.keys()
+        for load in (
+            lambda: check_checkpoint(path, network),
+            lambda: CheckpointLoader(load_path=path, load_dict={"model": network}, map_location="cpu")(_engine()),
+        ):
+            with pytest.raises(CheckpointError) as raised:
+                load()
+            message = str(raised.value)
+            assert f"{len(state) // 2} of its {len(state)} parameter names carry the 'module.' prefix" in message
+            assert "model.module.state_dict()" in message
+    assert not [r for r in caplog.records if r.name == "scripts.checkpoint"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -356,3 +356,4 @@ def test_dicom_series_are_cases_and_get_measurements_and_overlays(tmp_path, demo
         assert (output / f"{name}.png").stat().st_size > 10_000
     summary = capsys.readouterr().err
     assert "wrote 3 of 4" in summary and f"DICOM series {gapped_uid}" in summary
+    assert "__module__" not in summary and "SWIG" not in summary  # no console noise of the image libraries
