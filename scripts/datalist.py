@@ -136,6 +136,11 @@ def _check_geometry(img: Any, path: str) -> list[str]:
     """Problems of the header's voxel geometry (:mod:`scripts.geometry`); the voxel data is not read."""
     if isinstance(img, nib.Nifti1Pair):  # NIfTI-1 and NIfTI-2, single file or pair
         return check_nifti_geometry(img, path)
+    if isinstance(img, nib.AnalyzeImage):  # Analyze 7.5 (.hdr/.img) stores voxel sizes but no orientation
+        return [
+            f"{path}: an Analyze 7.5 header defines no orientation or position of the voxels; convert it to NIfTI "
+            "with the scanner geometry"
+        ]
     return check_affine(img.affine, path)  # other formats nibabel reads: their affine is all there is to check
 
 

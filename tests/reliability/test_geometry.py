@@ -397,3 +397,14 @@ def test_prepare_btcv_refuses_a_header_without_geometry(tmp_path):
         prepare_btcv(str(tmp_path), output=str(output), split="random")
     assert any(p.startswith(f"{bad}: sform voxel axes 1 and 2 are not orthogonal") for p in raised.value.problems)
     assert not output.exists()
+
+
+def test_an_analyze_file_is_refused_for_its_missing_orientation(tmp_path):
+    from scripts.datalist import check_image_label_pair
+
+    path = str(tmp_path / "old.hdr")
+    nib.save(nib.AnalyzeImage(np.full((8, 8, 4), 40, np.int16), np.diag([2.0, 2.0, 4.0, 1.0])), path)
+    assert check_image_label_pair(path, None, 14) == [
+        f"{path}: an Analyze 7.5 header defines no orientation or position of the voxels; convert it to NIfTI with the "
+        "scanner geometry"
+    ]
