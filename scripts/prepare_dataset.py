@@ -211,6 +211,9 @@ def _check_pairs(
             warnings.simplefilter("always", NonHUIntensityWarning)
             problems += check_image_label_pair(image_path, label_path, num_classes)
         (not_hu if any(issubclass(w.category, NonHUIntensityWarning) for w in caught) else hu_like).append(image_path)
+        for w in caught:  # the others (e.g. a header nibabel repaired, named by scripts.geometry) reach the user
+            if not issubclass(w.category, NonHUIntensityWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if modality.upper() == "CT":
         problems += [
             f"{p}: the dataset is declared CT but this image is not in Hounsfield units (no air near -1000 HU); "

@@ -129,32 +129,38 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
         assert torch.allclose(torch.jit.load(str(exported))(x), network.eval()(x), atol=1e-4)
 
 
-def _write_dicom_series(volume_zyx: np.ndarray, folder: str) -> None:
-    import itk
+def _write_dicom_series(volume_xyz: np.ndarray, folder: str) -> None:
+    """A CT series of ``volume_xyz`` (HU, X=columns, Y=rows, Z=slices): axial, 0.8 x 0.8 mm, 2.5 mm slices."""
+    from pydicom.uid import generate_uid
 
-    image = itk.image_from_array(volume_zyx)
-    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New()
-    writer.SetInput(image)
-    writer.SetImageIO(itk.GDCMImageIO.New())
-    writer.SetFileNames([os.path.join(folder, f"slice{i:03d}.dcm") for i in range(volume_zyx.shape[0])])
-    writer.Update()
+    from tests.reliability.test_dicom import INTERCEPT, write_slice
+
+    series_uid = generate_uid()
+    for k in range(volume_xyz.shape[2]):
+        pixels = (volume_xyz[:, :, k].T - INTERCEPT).astype(np.int16)  # rows x columns, stored values
+        write_slice(
+            os.path.join(folder, f"slice{k:03d}.dcm"), pixels, series_uid, (-20.0, -30.0, 100.0 + 2.5 * k),
+            ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], PixelSpacing=[0.8, 0.8], SliceThickness=2.5,
+            InstanceNumber=k + 1,
+        )
 
 
 def test_inference_reads_a_dicom_series(trained, tmp_path):
-    from monai.transforms import LoadImage
+    from scripts.dicom import read_series_reference
 
     series = tmp_path / "dicom" / "case01"
     series.mkdir(parents=True)
     hu = np.asarray(nib.load(os.path.join(trained["study"], "Testing", "img", os.listdir(
         os.path.join(trained["study"], "Testing", "img"))[0])).dataobj)
-    _write_dicom_series(np.ascontiguousarray(hu.transpose(2, 1, 0)[:, :64, :64]).astype(np.int16), str(series))
+    _write_dicom_series(np.ascontiguousarray(hu[:64, :64, :32]).astype(np.int16), str(series))
     output = tmp_path / "out"
     run_cli(
         "run", "inference", "--config_file", _configs("inference.json", "demo.json"),
-        "--dataset_dir", str(tmp_path / "dicom"), "--image_pattern", "*",
+        "--dataset_dir", str(tmp_path / "dicom"),
         "--ckpt_dir", str(trained["work"] / "models"), "--output_dir", str(output),
     )
-    loaded = LoadImage(image_only=True)(str(series))
+    volume, affine = read_series_reference(str(series))
     segmentation = nib.load(output / "case01_seg.nii.gz")
-    assert segmentation.shape == tuple(loaded.shape)
-    assert np.allclose(segmentation.affine, loaded.affine.numpy(), atol=1e-4)
+    assert segmentation.shape == volume.shape == (64, 64, 32)
+    assert np.allclose(segmentation.affine, affine, atol=1e-4)
+    assert np.allclose(affine[:3, :3], np.diag([-0.8, -0.8, 2.5]))  # LPS rows and columns as RAS

@@ -192,6 +192,7 @@ def test_evaluation_refuses_a_missing_checkpoint_before_reading_data(tmp_path):
 
 def test_image_smaller_than_the_patch_is_padded(tmp_path, demo_network):
     from monai.bundle import ConfigParser
+    from monai.transforms import Compose
 
     image = write_nifti(tmp_path / "small.nii.gz", ct_image((20, 20, 6)))  # 40x40x27 mm: 14x14x5 at 3x3x6 mm
     label = write_nifti(tmp_path / "small_label.nii.gz", organ_label((20, 20, 6)))
@@ -200,6 +201,11 @@ def test_image_smaller_than_the_patch_is_padded(tmp_path, demo_network):
     patch = train.get_parsed_content("patch_size")
     samples = train.get_parsed_content("train#preprocessing")({"image": image, "label": label})
     assert tuple(samples[0]["image"].shape) == (1, *patch) and tuple(samples[0]["label"].shape) == (1, *patch)
+    air = train.get_parsed_content("background_value")  # the normalised value of hu_min: what air becomes
+    cached = Compose(train.get_parsed_content("train#deterministic_transforms") + train.get_parsed_content("train#cached_transforms"))
+    padded = cached({"image": image, "label": label})["image"]  # before the random crop and intensity augmentation
+    assert all(s >= p for s, p in zip(padded.shape[1:], patch))
+    assert float(padded[0, :, :, 0].max()) == pytest.approx(air)  # a padded slice is air, not 0 (~83 HU of soft tissue)
 
     network = demo_network.eval()
     validation = train.get_parsed_content("validate#preprocessing")({"image": image, "label": label})
@@ -211,9 +217,12 @@ def test_image_smaller_than_the_patch_is_padded(tmp_path, demo_network):
     infer = ConfigParser()
     infer.read_config(config_paths("inference.json", "demo.json"))
     data = infer.get_parsed_content("preprocessing")({"image": image})
+    inferer = infer.get_parsed_content("inferer")
+    assert inferer.pad_value == pytest.approx(air)
     with torch.no_grad():
-        logits = infer.get_parsed_content("inferer")(data["image"][None], network)
-    assert tuple(logits.shape) == (1, 14, *data["image"].shape[1:])
+        labels = inferer(data["image"][None], network)  # in the image's own geometry
+        logits = inferer.blended_logits(data["image"][None], network)
+    assert tuple(labels.shape) == (1, 1, 20, 20, 6) and tuple(logits.shape) == (1, 14, *data["image"].shape[1:])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -224,7 +224,8 @@ def test_the_message_survives_torch_distributed_wrapping_the_hook(tmp_path, caps
     assert stop.value.code == 2 and capsys.readouterr().err.startswith("error: 1 invalid config value(s):")
 
 
-def test_install_and_debug(capsys):
+def test_install_and_debug(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)  # in-process workflows of other tests installed theirs
     original = sys.excepthook
     install_error_handler(False)
     install_error_handler("false")  # replaces the first one instead of wrapping it
