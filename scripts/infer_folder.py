@@ -122,6 +122,7 @@ class Case:
         shape: spatial shape (X, Y, Z) once checked.
         affine: voxel-to-RAS affine once checked.
         warnings: warnings raised while checking it.
+        series: the checked DICOM series (:class:`scripts.dicom.DicomSeries`) of a DICOM case, else None.
     """
 
     name: str
@@ -130,6 +131,7 @@ class Case:
     shape: tuple[int, ...] = ()
     affine: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    series: Any = None
 
     @property
     def item(self) -> dict[str, str]:
@@ -227,6 +229,7 @@ class InferenceInputs:
         self.failed: list[tuple[str, str]] = []
         self._by_source: dict[str, Case] = {}
         self._nifti_names: dict[str, list[str]] = {}
+        self._loose_dicom: dict[str, list[str]] = {}
         self._checked = False
 
     # -- discovery ------------------------------------------------------------------------------------------
@@ -249,9 +252,8 @@ class InferenceInputs:
             if series.problems:
                 self.skipped.append((shown, _strip(series.problems, shown)))
                 continue
-            case = Case(series.name, series.reference, shown, tuple(series.shape), series.affine)
-            case.warnings += series.warnings
-            cases.append(case)
+            cases.append(Case(series.name, series.reference, shown, tuple(series.shape), series.affine,
+                              list(series.warnings), series))  # fmt: skip
         return cases
 
     def _classify(self, path: str, listed: bool) -> list[Case]:
@@ -276,8 +278,9 @@ class InferenceInputs:
             return [Case(nifti_case_name(path), path, path)]
         from scripts.dicom import is_dicom_file
 
-        if is_dicom_file(path):
-            return []  # collected per folder by the caller
+        if is_dicom_file(path):  # read per folder, with the other DICOM files there, once every entry is classified
+            self._loose_dicom.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
+            return []
         stem = name.split(".")[0]
         sidecar = [n for n in self._nifti_names.get(os.path.dirname(os.path.abspath(path)), ()) if nifti_case_name(n) == stem]
         if sidecar:
@@ -293,18 +296,12 @@ class InferenceInputs:
             paths, listed = self.images_in, True
         else:
             paths, listed = [os.path.join(self.dataset_dir, n) for n in sorted(os.listdir(self.dataset_dir))], False
-        self._nifti_names = {}
+        self._nifti_names, self._loose_dicom = {}, {}
         for p in paths:
             if is_nifti(p):
                 self._nifti_names.setdefault(os.path.dirname(os.path.abspath(p)), []).append(os.path.basename(p))
         cases = [c for p in paths for c in self._classify(p, listed)]
-        from scripts.dicom import is_dicom_file
-
-        loose: dict[str, list[str]] = {}
-        for p in paths:
-            if os.path.isfile(p) and not is_nifti(p) and is_dicom_file(p):
-                loose.setdefault(os.path.dirname(os.path.abspath(p)), []).append(p)
-        for folder, files in loose.items():
+        for folder, files in self._loose_dicom.items():
             cases += self._dicom_cases(folder, files)
         return cases
 
@@ -323,10 +320,10 @@ class InferenceInputs:
                     image = nib.load(case.source)
                     case.shape, case.affine = tuple(image.shape[:3]), np.asarray(image.affine)
             else:
-                from scripts.dicom import read_series_reference
+                from scripts.dicom import read_series
 
                 try:
-                    data, _ = read_series_reference(case.source)
+                    data, _ = read_series(case.series)  # the series found at discovery: its headers are not read again
                     problems = check_image_values(data, case.shown)
                 except Exception as e:  # any reader error means the same here: this series cannot be read
                     problems = [f"{case.shown}: unreadable DICOM series ({type(e).__name__}: {e})"]

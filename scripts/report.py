@@ -27,6 +27,7 @@ from monai.utils import min_version, optional_import
 
 from scripts.atomic import atomic_output
 from scripts.datalist import BTCV_LABELS
+from scripts.infer_folder import nifti_case_name
 from scripts.visualize import organ_colour, organ_name, save_figure_atomic, save_overlay_png
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -82,11 +83,7 @@ BOXPLOT_FIGSIZE, CURVES_FIGSIZE, FIGURE_DPI = (12.0, 5.5), (12.0, 4.5), 100
 
 def case_name(path: str) -> str:
     """Case name of an image path: the file name without ``.nii.gz``/``.nii`` (any letter case), or a folder's name."""
-    name = os.path.basename(os.path.normpath(path))
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return nifti_case_name(os.path.normpath(path))
 
 
 def _parse_value(text: str) -> float:
