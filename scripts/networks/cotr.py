@@ -51,6 +51,9 @@ class CoTr(nn.Module):
     ``[full, 1/2, 1/4, 1/8]`` of logits, each (B, out_channels, ...) at its head's resolution; otherwise one
     (B, out_channels, X, Y, Z) tensor of logits.
 
+    Exports by ``torch.jit.trace`` and by ``torch.jit.script``; a scripted CoTr computes MS-DMSA with ``grid_sample``
+    and never checkpoints activations (both give the same values as the eager paths).
+
     Example::
 
         net = CoTr(in_channels=1, out_channels=14)
@@ -134,11 +137,13 @@ class CoTr(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``x``: (B, in_channels, X, Y, Z) with X, Y, Z divisible by ``size_divisor`` and not all equal to it."""
-        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+        if not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self._check_input_size(x.shape[2:])
         features = self.encoder(x)
         if self.detrans is not None:
             levels = self.detrans.num_levels
             features = features[:-levels] + self.detrans(features[-levels:])
         outputs = self.decoder(features, deep_supervision=self.training and self.deep_supervision)
-        return outputs if self.training and self.deep_supervision else outputs[0]
+        if self.training and self.deep_supervision:
+            return outputs
+        return outputs[0]

@@ -73,7 +73,7 @@ class CoTrDecoder(nn.Module):
         self.final_upsample = nn.Upsample(scale_factor=tuple(float(s) for s in strides[0]), mode="trilinear")
         self.final_head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
 
-    def forward(self, features: Sequence[torch.Tensor], deep_supervision: bool = False) -> list[torch.Tensor]:
+    def forward(self, features: list[torch.Tensor], deep_supervision: bool = False) -> list[torch.Tensor]:
         """
         ``features``: encoder maps, stem first, (B, channels[i], ...).
 
@@ -81,10 +81,14 @@ class CoTrDecoder(nn.Module):
         heads' logits from the finest to the coarsest, each at its own resolution.
         """
         x = features[-1]
-        head_outputs = []
-        for upsample, block, head, skip in zip(self.upsamples, self.blocks, self.heads, reversed(features[:-1])):
-            x = upsample(x) + skip
-            x = checkpoint(block, x, use_reentrant=False) if self.use_checkpoint and self.training else block(x)
+        head_outputs: list[torch.Tensor] = []
+        for step, (upsample, block, head) in enumerate(zip(self.upsamples, self.blocks, self.heads)):
+            x = upsample(x) + features[-2 - step]
+            # TorchScript cannot compile torch.utils.checkpoint: a scripted module runs every block plainly
+            if self.use_checkpoint and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
             if deep_supervision:
                 head_outputs.append(head(x))
         return [self.final_logits(x)] + head_outputs[::-1]

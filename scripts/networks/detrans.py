@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -15,7 +13,7 @@ __all__ = ["DeTransLayer", "DeTransEncoder", "voxel_centre_reference_points"]
 
 
 def voxel_centre_reference_points(
-    spatial_shapes: Sequence[Sequence[int]], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    spatial_shapes: list[list[int]], device: torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """
     Normalised centre ``((i + 0.5) / X, (j + 0.5) / Y, (k + 0.5) / Z)`` of every token's own voxel.
@@ -27,7 +25,7 @@ def voxel_centre_reference_points(
     centres = []
     for shape in spatial_shapes:
         axes = [(torch.arange(size, device=device, dtype=dtype) + 0.5) / size for size in shape]
-        centres.append(torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3))
+        centres.append(torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1).reshape(-1, 3))
     return torch.cat(centres, dim=0)
 
 
@@ -70,7 +68,7 @@ class DeTransLayer(nn.Module):
         self.norm_mlp = nn.LayerNorm(d_model)
 
     def forward(
-        self, tokens: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor, spatial_shapes: Sequence[Sequence[int]]
+        self, tokens: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor, spatial_shapes: list[list[int]]
     ) -> torch.Tensor:
         """``tokens`` and ``pos``: (B, N, d_model); ``reference_points``: (B, N, L, 3) -> (B, N, d_model)."""
         attended = self.self_attn(tokens + pos, reference_points, tokens, spatial_shapes)
@@ -127,32 +125,30 @@ class DeTransEncoder(nn.Module):
                 nn.init.xavier_uniform_(linear.weight)
         nn.init.normal_(self.level_embed)
 
-    def forward(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """``maps``: L tensors (B, d_model, X_l, Y_l, Z_l) -> L tensors of the same shapes."""
         if len(maps) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature maps, got {len(maps)}.")
-        spatial_shapes = [tuple(int(s) for s in m.shape[2:]) for m in maps]
+        spatial_shapes = [[int(s) for s in m.shape[2:]] for m in maps]
         batch = maps[0].shape[0]
         tokens = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)  # (B, N, d_model)
         # geometry stays in at least float32 under autocast: bfloat16 cannot resolve voxel centres
         geometry_dtype = torch.promote_types(tokens.dtype, torch.float32)
-        pos = torch.cat(
-            [
-                sine_position_encoding_3d(shape, self.d_model, device=tokens.device, dtype=geometry_dtype)
-                + self.level_embed[level]
-                for level, shape in enumerate(spatial_shapes)
-            ],
-            dim=0,
-        )[None].expand(batch, -1, -1)
+        level_pos = []
+        for level, shape in enumerate(spatial_shapes):
+            encoding = sine_position_encoding_3d(shape, self.d_model, device=tokens.device, dtype=geometry_dtype)
+            level_pos.append(encoding + self.level_embed[level])
+        pos = torch.cat(level_pos, dim=0)[None].expand(batch, -1, -1)
         reference_points = voxel_centre_reference_points(spatial_shapes, device=tokens.device, dtype=geometry_dtype)
         reference_points = reference_points[None, :, None, :].expand(batch, -1, self.num_levels, -1)
         for layer in self.layers:
-            if self.use_checkpoint and self.training:
+            # TorchScript cannot compile torch.utils.checkpoint: a scripted module runs every layer plainly
+            if self.use_checkpoint and self.training and not torch.jit.is_scripting():
                 tokens = checkpoint(layer, tokens, pos, reference_points, spatial_shapes, use_reentrant=False)
             else:
                 tokens = layer(tokens, pos, reference_points, spatial_shapes)
         sizes = [s[0] * s[1] * s[2] for s in spatial_shapes]
         return [
-            t.transpose(1, 2).reshape(batch, self.d_model, *shape)
+            t.transpose(1, 2).reshape([batch, self.d_model] + shape)
             for t, shape in zip(tokens.split(sizes, dim=1), spatial_shapes)
         ]

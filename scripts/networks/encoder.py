@@ -106,6 +106,10 @@ class CNNEncoder(nn.Module):
         for stage in self.stages:
             y = features[-1]
             for block in stage:
-                y = checkpoint(block, y, use_reentrant=False) if self.use_checkpoint and self.training else block(y)
+                # TorchScript cannot compile torch.utils.checkpoint: a scripted module runs every block plainly
+                if self.use_checkpoint and self.training and not torch.jit.is_scripting():
+                    y = checkpoint(block, y, use_reentrant=False)
+                else:
+                    y = block(y)
             features.append(y)
         return features

@@ -39,7 +39,7 @@ def use_grid_sample() -> bool:
 
 def ms_deform_attn_3d(
     value: torch.Tensor,
-    spatial_shapes: Sequence[Sequence[int]],
+    spatial_shapes: list[list[int]],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     implementation: str = "auto",
@@ -59,21 +59,23 @@ def ms_deform_attn_3d(
         implementation: ``"gather"`` (:func:`ms_deform_attn_3d_gather`, fast in eager mode),
             ``"grid_sample"`` (:func:`ms_deform_attn_3d_grid_sample`, what exporters understand) or ``"auto"``:
             ``grid_sample`` while tracing, exporting or compiling (:func:`use_grid_sample`), ``gather`` otherwise.
-            Both give the same values and gradients.
+            Both give the same values and gradients. TorchScript (scripting) always uses ``grid_sample``: the gather
+            kernel's autograd function cannot be scripted.
 
     Returns:
         (B, L_q, H * C_h).
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
-    if implementation == "grid_sample" or (implementation == "auto" and use_grid_sample()):
-        return ms_deform_attn_3d_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
-    return ms_deform_attn_3d_gather(value, spatial_shapes, sampling_locations, attention_weights)
+    if not torch.jit.is_scripting():
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got '{implementation}'.")
+        if implementation == "gather" or (implementation == "auto" and not use_grid_sample()):
+            return ms_deform_attn_3d_gather(value, spatial_shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_3d_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
 
 
 def ms_deform_attn_3d_grid_sample(
     value: torch.Tensor,
-    spatial_shapes: Sequence[Sequence[int]],
+    spatial_shapes: list[list[int]],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
@@ -84,12 +86,12 @@ def ms_deform_attn_3d_grid_sample(
     """
     batch, _, heads, head_channels = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
-    level_sizes = [int(x) * int(y) * int(z) for x, y, z in spatial_shapes]
+    level_sizes = [int(shape[0]) * int(shape[1]) * int(shape[2]) for shape in spatial_shapes]
     # grid_sample wants (x, y, z) coordinates of a (D, H, W) = (X, Y, Z) tensor as (z, y, x) in [-1, 1]
     grids = (2 * sampling_locations - 1).flip(-1)
     samples = []
-    for level, (tokens, shape) in enumerate(zip(value.split(level_sizes, dim=1), spatial_shapes)):
-        volume = tokens.flatten(2).transpose(1, 2).reshape(batch * heads, head_channels, *shape)
+    for level, tokens in enumerate(value.split(level_sizes, dim=1)):
+        volume = tokens.flatten(2).transpose(1, 2).reshape([batch * heads, head_channels] + list(spatial_shapes[level]))
         grid = grids[:, :, :, level].transpose(1, 2).reshape(batch * heads, num_queries, num_points, 1, 3)
         # the coarser dtype of the two is promoted: bfloat16 locations would be off by ~0.02 voxel on a 24-voxel map
         dtype = torch.promote_types(volume.dtype, grid.dtype)
@@ -424,7 +426,7 @@ class MSDeformAttn3D(nn.Module):
         query: torch.Tensor,
         reference_points: torch.Tensor,
         input_flatten: torch.Tensor,
-        spatial_shapes: Sequence[Sequence[int]],
+        spatial_shapes: list[list[int]],
     ) -> torch.Tensor:
         """
         Args:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
@@ -11,10 +10,10 @@ __all__ = ["sine_position_encoding_3d"]
 
 
 def sine_position_encoding_3d(
-    spatial_size: Sequence[int],
+    spatial_size: list[int],
     channels: int,
     temperature: float = 10000.0,
-    device: torch.device | str | None = None,
+    device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """
@@ -22,36 +21,35 @@ def sine_position_encoding_3d(
 
     Each of the three axes gets ``channels / 3`` channels. Channel pair ``(2k, 2k + 1)`` of an axis holds
     ``sin(p * v_k)`` and ``cos(p * v_k)`` with ``v_k = temperature ** (-2k / (channels / 3))`` and the
-    normalised coordinate ``p = 2 * pi * (index + 0.5) / size``. The blocks are concatenated in the map's
-    axis order (x, y, z for MONAI tensors).
+    normalised coordinate ``p = 2 * pi * (index + 0.5) / size``. The blocks are concatenated in the paper's order
+    ``PE_D, PE_H, PE_W``: for a MONAI (B, C, X, Y, Z) map (Z the slice axis D, Y = H, X = W) that is the Z block
+    first, then Y, then X. Everything is computed in ``dtype``.
 
     Args:
         spatial_size: ``(X, Y, Z)`` of the map.
         channels: total channels; must be divisible by 6.
         temperature: frequency base.
         device: device of the result.
-        dtype: dtype of the result.
+        dtype: dtype of the computation and the result.
 
     Returns:
         (X * Y * Z, channels) tensor, rows in the order of ``map.flatten(2)``.
     """
     if channels % 6 != 0:
         raise ValueError(f"channels must be divisible by 6 (3 axes x sin/cos pairs), got {channels}.")
+    if len(spatial_size) != 3:
+        raise ValueError(f"spatial_size needs 3 values (X, Y, Z), got {spatial_size}.")
     per_axis = channels // 3
-    exponent = 2 * torch.div(torch.arange(per_axis, device=device, dtype=torch.float32), 2, rounding_mode="floor")
-    inv_freq = temperature ** (-exponent / per_axis)
-    encodings = []
-    for size in spatial_size:
-        position = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size * 2 * math.pi
-        angle = position[:, None] * inv_freq[None, :]
-        encodings.append(torch.stack((angle[:, 0::2].sin(), angle[:, 1::2].cos()), dim=-1).flatten(1))
+    pair = torch.arange(0, per_axis, 2, device=device, dtype=dtype)  # 2k of the k-th sin/cos pair
+    inv_freq = temperature ** (-pair / per_axis)
     x, y, z = spatial_size
-    grid = torch.cat(
-        (
-            encodings[0][:, None, None, :].expand(x, y, z, per_axis),
-            encodings[1][None, :, None, :].expand(x, y, z, per_axis),
-            encodings[2][None, None, :, :].expand(x, y, z, per_axis),
-        ),
-        dim=-1,
-    )
-    return grid.reshape(x * y * z, channels).to(dtype)
+    blocks = []
+    for axis in [2, 1, 0]:  # D, H, W
+        size = spatial_size[axis]
+        position = (torch.arange(size, device=device, dtype=dtype) + 0.5) * (2 * math.pi / size)
+        angle = position[:, None] * inv_freq[None, :]
+        encoding = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(1)  # (size, per_axis): sin, cos, sin, ...
+        shape = [1, 1, 1, per_axis]
+        shape[axis] = size
+        blocks.append(encoding.view(shape).expand(x, y, z, per_axis))
+    return torch.cat(blocks, dim=-1).reshape(x * y * z, channels)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import glob
+import importlib.metadata
+import inspect
 import json
+import re
 import shutil
 import subprocess
 import sys
 import os
 
 import ignite.distributed
+import monai.networks.nets
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -108,6 +114,102 @@ def test_metadata_matches_the_schema():
     pred = metadata["network_data_format"]["outputs"]["pred"]
     assert pred["num_channels"] == len(pred["channel_def"]) == 14
     assert os.path.islink(os.path.join(BUNDLE_ROOT, "metadata.json"))
+
+
+def test_metadata_value_ranges():
+    """The input range is what the preprocessing makes of any HU value; the output (logits) range is float32's."""
+    metadata = json.load(open(os.path.join(CONFIGS, "metadata.json")))
+    image = metadata["network_data_format"]["inputs"]["image"]
+    pred = metadata["network_data_format"]["outputs"]["pred"]
+    parser = ConfigParser()
+    parser.read_config(config_paths("train.json"))
+    normalise = parser.get_parsed_content("normalize_intensity")
+    hu = torch.linspace(-3000.0, 3000.0, 6001)[None, None, None]
+    normalised = normalise({"image": hu})["image"].as_tensor()
+    assert image["value_range"] == pytest.approx([normalised.min().item(), normalised.max().item()], abs=1e-3)
+    finfo = torch.finfo(getattr(torch, pred["dtype"]))
+    assert pred["value_range"] == [finfo.min, finfo.max]
+
+
+def _pep503(name: str) -> str:
+    """A distribution name in its normalised form (``pytorch_ignite`` -> ``pytorch-ignite``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _modules_named_in(text: str) -> set[str]:
+    """``scripts...`` modules a config or source text names (``$import scripts.x``, ``_target_``, expressions)."""
+    modules = set()
+    for dotted in re.findall(r"\bscripts(?:\.\w+)+", text):
+        parts = dotted.split(".")
+        while parts and not (
+            os.path.isfile(os.path.join(BUNDLE_ROOT, *parts) + ".py") or os.path.isdir(os.path.join(BUNDLE_ROOT, *parts))
+        ):
+            parts.pop()  # drop attribute names after the module
+        if parts:
+            modules.add(".".join(parts))
+    return modules
+
+
+def _third_party_imports(module: str, seen: set[str]) -> set[str]:
+    """Top-level third-party modules that ``module`` (a ``scripts`` module) and what it imports of ``scripts`` use."""
+    if module in seen:
+        return set()
+    seen.add(module)
+    path = os.path.join(BUNDLE_ROOT, *module.split("."))
+    is_package = os.path.isdir(path)
+    path = os.path.join(path, "__init__.py") if is_package else path + ".py"
+    package = module if is_package else module.rpartition(".")[0]
+    source = open(path).read()
+    found = set(re.findall(r"optional_import\(\s*[\"'](\w+)", source))
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level:  # relative: from .x import y
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            names = [".".join(base + ([node.module] if node.module else []))]
+            names += [f"{names[0]}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module]
+        for name in names:
+            if name.split(".")[0] == "scripts":
+                for local in _modules_named_in(name):
+                    found |= _third_party_imports(local, seen)
+            elif name.split(".")[0] not in sys.stdlib_module_names | {"__future__"}:
+                found.add(name.split(".")[0])
+    return found
+
+
+def test_every_imported_package_is_declared_in_metadata():
+    """What the zoo installs from metadata.json (MONAI, torch, numpy and the required packages) is all that any config
+    needs: the ``scripts`` modules the configs name, everything they import, and the MONAI networks of the overlays
+    with the optional packages their modules import."""
+    metadata = json.load(open(os.path.join(CONFIGS, "metadata.json")))
+    # MONAI 1.6.1 reads optional_packages_version as a deprecated name and moves it over required_packages_version,
+    # dropping what the latter held (e.g. in the metadata that ckpt_export writes): optional packages go in required
+    assert "optional_packages_version" not in metadata
+    declared = {"monai", "torch", "numpy"} | {_pep503(n) for n in metadata["required_packages_version"]}
+    config_files = glob.glob(os.path.join(CONFIGS, "**", "*.json"), recursive=True)
+    modules, seen, imported = set(), set(), set()
+    for path in config_files:
+        text = open(path).read()
+        modules |= _modules_named_in(text)
+        for name in re.findall(r'"_target_":\s*"(\w+)"', text):
+            network = getattr(monai.networks.nets, name, None)
+            if network is not None:
+                source = inspect.getsource(sys.modules[network.__module__])
+                imported |= set(re.findall(r"optional_import\(\s*[\"'](\w+)", source))
+    assert "scripts.networks" in modules and "scripts.infer_folder" in modules  # the scan sees the configs' modules
+    for module in modules:
+        imported |= _third_party_imports(module, seen)
+    assert {"nibabel", "ignite", "pydicom"} <= imported and "einops" in imported  # and what they import
+    distributions = importlib.metadata.packages_distributions()
+    missing = {
+        name: distributions.get(name, [name])
+        for name in imported
+        if not any(_pep503(d) in declared for d in distributions.get(name, [name]))
+    }
+    assert not missing, f"imported by the configs but not declared in configs/metadata.json: {missing}"
 
 
 def test_training_refuses_a_bad_case_before_it_starts(synthetic_study, tmp_path):

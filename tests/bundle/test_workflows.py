@@ -94,20 +94,6 @@ def test_inference_keeps_input_geometry(trained, tmp_path):
     assert sorted(os.listdir(images)) == [os.path.basename(p) for p in inputs]  # nothing written next to the input
 
 
-def test_torchrun_two_process_training(synthetic_study, tmp_path):
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run", "training",
-        "--config_file", _configs("train.json", "multi_gpu_train.json", "demo.json"),
-        "--dataset_dir", synthetic_study, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-        *SHORT,
-    ]
-    result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-6000:]
-    state = torch.load(tmp_path / "models" / "model_final.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in state)  # saved unwrapped, loadable without DDP
-
-
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     overlay = _configs("inference.json", "demo.json")
     meta = os.path.join(CONFIGS, "metadata.json")

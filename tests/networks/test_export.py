@@ -1,7 +1,8 @@
-"""Export of an eval-mode CoTr: TorchScript tracing and ONNX (dynamo exporter, opset 20, fixed shape)."""
+"""Export of CoTr: TorchScript tracing and scripting, and ONNX (dynamo exporter, opset 20, fixed shape)."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -37,6 +38,50 @@ def test_torchscript_trace(small_model):
         buffer.seek(0)
         loaded = torch.jit.load(buffer)
         torch.testing.assert_close(loaded(x2), small_model(x2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_levels", [2, 1, 0])
+def test_torchscript_script_matches_eager(num_levels):
+    """``torch.jit.script`` (what ``ckpt_export`` does without ``--use_trace``) at two sizes, for every ablation."""
+    torch.manual_seed(1)
+    model = CoTr(in_channels=1, out_channels=3, num_levels=num_levels, use_checkpoint=True, **SMALL).eval()
+    with torch.no_grad():
+        for layer in model.detrans.layers if model.detrans is not None else []:
+            layer.self_attn.sampling_offsets.weight.normal_(0, 0.05)
+            layer.self_attn.attention_weights.weight.normal_(0, 0.05)
+    scripted = torch.jit.script(model)
+    graph = str(scripted.inlined_graph)
+    assert "embedding_bag" not in graph  # the eager gather kernel stays out: MS-DMSA runs as grid_sample
+    assert ("grid_sampler" in graph) == (num_levels > 0)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        for shape in (SHAPE, (2, 1, 48, 32, 24)):
+            x = torch.randn(*shape)
+            expected = model(x)
+            torch.testing.assert_close(scripted(x), expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_torchscript_script_trains_without_checkpointing():
+    """A scripted network in training mode gives the deep-supervision list and gradients (no activation checkpointing)."""
+    torch.manual_seed(2)
+    model = CoTr(in_channels=1, out_channels=3, dropout_rate=0.0, use_checkpoint=True, **SMALL).train()
+    scripted = torch.jit.script(copy.deepcopy(model))  # a script module shares its parameters with the original
+    x = torch.randn(*SHAPE)
+    outputs, expected = scripted(x), model(x)
+    assert isinstance(outputs, list) and [o.shape for o in outputs] == [e.shape for e in expected]
+    for out, ref in zip(outputs, expected):
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    probes = [torch.randn_like(e) for e in expected]  # a plain sum would cancel through the instance norms
+    for result in (outputs, expected):
+        sum((r * p).sum() for r, p in zip(result, probes)).backward()
+    for name, grad in ((n, p.grad) for n, p in scripted.named_parameters()):
+        reference = model.get_parameter(name).grad
+        assert grad is not None and reference is not None, name
+        assert (grad - reference).norm() <= 1e-4 * reference.norm(), name
 
 
 def test_onnx_export_matches_onnxruntime(small_model, tmp_path):

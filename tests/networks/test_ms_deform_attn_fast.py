@@ -178,6 +178,27 @@ def test_module_uses_grid_sample_under_trace(monkeypatch):
     torch.testing.assert_close(traced(x2, ref), module(x2, ref, x2, shapes), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", ["auto", "gather"])
+def test_scripted_module_uses_grid_sample(implementation):
+    """TorchScript cannot compile the gather kernel's autograd function: scripting always takes grid_sample."""
+    module, x, ref, shapes = small_module(implementation)
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = module
+            self.shapes = [list(s) for s in shapes]
+
+        def forward(self, tokens: torch.Tensor, reference_points: torch.Tensor) -> torch.Tensor:
+            return self.attn(tokens, reference_points, tokens, self.shapes)
+
+    scripted = torch.jit.script(SelfAttention())
+    graph = str(scripted.inlined_graph)
+    assert "grid_sampler" in graph and "embedding_bag" not in graph
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x, ref), module(x, ref, x, shapes), atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_autocast_close_to_float32():
     module, x, ref, shapes = small_module()
     expected = module(x, ref, x, shapes)
