@@ -1,11 +1,13 @@
 """
-Pictures and tables of a run: the evaluation report (per-case metrics with organ names, a per-organ Dice box
-plot and one overlay picture per case), training curves from the TensorBoard logs, an ignite handler that
-draws them during and after training, and a transform that draws inference overlays.
+Pictures and tables of a run: the evaluation report (per-case metrics and organ status with organ names, a summary
+that says what each number averages, a per-organ Dice box plot, a per-organ status chart and one overlay picture per
+case), training curves from the TensorBoard logs, an ignite handler that draws them during and after training, and
+a transform that draws inference overlays.
 
 Usage::
 
     python -m scripts.report report --eval_dir eval --dataset_dir /data/RawData --datalist /data/RawData/datalist.json
+    python -m scripts.report report --eval_dir eval --organs "['liver','spleen']"
     python -m scripts.report curves --log_dir eval --output_png eval/training_curves.png
 """
 
@@ -28,6 +30,18 @@ from monai.utils import min_version, optional_import
 from scripts.atomic import atomic_output
 from scripts.datalist import BTCV_LABELS
 from scripts.infer_folder import nifti_case_name
+from scripts.metrics import (
+    ABSENT,
+    BTCV_MERGED_LABEL_MAP,
+    BTCV_MERGED_LABELS,
+    DETECTED,
+    FALSE_POSITIVE,
+    MISSED,
+    ORGAN_STATUSES,
+    organ_status,
+    protocol_organs,
+)
+from scripts.organs import select_organs
 from scripts.visualize import organ_colour, organ_name, save_figure_atomic, save_overlay_png
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -35,11 +49,14 @@ Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = [
     "BTCV_MERGED_LABELS",
+    "BTCV_MERGED_LABEL_MAP",
     "METRIC_FILES",
+    "AVERAGES",
     "case_name",
     "read_raw_metrics",
     "write_evaluation_report",
     "plot_dice_boxplot",
+    "plot_organ_status",
     "read_scalars",
     "plot_training_curves",
     "TrainingCurvesHandler",
@@ -51,34 +68,45 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The paper's 11-organ protocol (kidneys and adrenal glands merged): merged label -> name, the order of the
-#: ``classN`` columns (label N + 1) of the ``*_merged_raw.csv`` files written by ``configs/evaluate.json``.
-BTCV_MERGED_LABELS: dict[int, str] = {
-    0: "background",
-    1: "spleen",
-    2: "kidneys",
-    3: "gallbladder",
-    4: "esophagus",
-    5: "liver",
-    6: "stomach",
-    7: "aorta",
-    8: "inferior_vena_cava",
-    9: "portal_and_splenic_veins",
-    10: "pancreas",
-    11: "adrenal_glands",
+#: metric -> MetricsSaver name in ``configs/evaluate.json`` (id ``metric_names``); "dice", "hd95" and "nsd" are scores,
+#: "missed" and "false_positive" the detection errors of ``scripts.metrics.OrganDetectionErrorMetric``
+_METRIC_NAMES = {
+    "dice": "val_mean_dice",
+    "hd95": "val_hd95",
+    "nsd": "val_nsd",
+    "missed": "val_missed",
+    "false_positive": "val_false_positive",
 }
-
 #: (metric, protocol) -> the MetricsSaver raw CSV that ``configs/evaluate.json`` writes into the evaluation folder;
 #: protocol "all" scores every class, "merged" the classes of ``merged_label_map`` (BTCV: the paper's 11 organs)
 METRIC_FILES: dict[tuple[str, str], str] = {
-    ("dice", "all"): "val_mean_dice_raw.csv",
-    ("hd95", "all"): "val_hd95_raw.csv",
-    ("dice", "merged"): "val_mean_dice_merged_raw.csv",
-    ("hd95", "merged"): "val_hd95_merged_raw.csv",
+    (metric, protocol): f"{name}{'_merged' if protocol == 'merged' else ''}_raw.csv"
+    for protocol in ("all", "merged")
+    for metric, name in _METRIC_NAMES.items()
 }
+_SCORES = ("dice", "hd95", "nsd")
+#: the (case, organ) pairs each score is averaged over: HD95 is undefined when one side is empty
+_SCORED = {
+    "dice": "detected, missed, false positive",
+    "hd95": "detected only",
+    "nsd": "detected, missed, false positive",
+}
+#: the three averages of a score over (case, organ) pairs in ``summary.csv``; the first is MONAI's reduction
+#: ``"mean"``, the value MetricsSaver writes to ``metrics.csv``, the second the "mean" column of the paper's Table 1
+AVERAGES = (
+    "mean over cases of each case's mean over its organs",
+    "mean over organs of each organ's mean over cases",
+    "pooled mean over (case, organ) pairs",
+)
+_STATUS_COLOURS = {DETECTED: "tab:green", MISSED: "tab:red", FALSE_POSITIVE: "tab:orange", ABSENT: "0.82"}
+_SUMMARY_HEADER = [
+    "protocol", "metric", "organ", "average", "scored", "value", "cases", "organs", "pairs",
+    "detected", "missed", "false_positive", "absent",
+]
 
 # the matplotlib figures of this module: size in inches and dpi
 BOXPLOT_FIGSIZE, CURVES_FIGSIZE, FIGURE_DPI = (12.0, 5.5), (12.0, 4.5), 100
+STATUS_PANEL_FIGSIZE = (12.0, 4.5)  # one panel per protocol, stacked
 
 
 def case_name(path: str) -> str:
@@ -95,8 +123,7 @@ def _parse_value(text: str) -> float:
 
 def read_raw_metrics(path: str) -> tuple[list[int], dict[str, dict[int | str, float]]]:
     """
-    Read a MetricsSaver ``*_raw.csv`` (``filename,class0,...,classK,mean``; ``nan`` for an organ absent from
-    both prediction and ground truth).
+    Read a MetricsSaver ``*_raw.csv`` (``filename,class0,...,classK,mean``; ``nan`` where a value is undefined).
 
     Returns:
         the label values of the class columns (``classN`` is label N + 1) and, per image path in file order,
@@ -129,6 +156,27 @@ def write_csv_atomic(path: str, rows: Sequence[Sequence[Any]]) -> str:
     with atomic_output(path, suffix=".csv.tmp") as temporary, open(temporary, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     return path
+
+
+def _case_means(values: np.ndarray) -> np.ndarray:
+    """Per-row mean of the non-nan values of ``values`` (cases, organs); nan for a row without any."""
+    counts = (~np.isnan(values)).sum(1)
+    sums = np.where(np.isnan(values), 0.0, values).sum(1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
+
+
+def _averages(values: np.ndarray) -> tuple[list[float], int, int, int]:
+    """
+    The :data:`AVERAGES` of ``values`` (cases, organs; nan = not scored), and the number of cases, organs and
+    (case, organ) pairs with a value.
+    """
+    scored = ~np.isnan(values)
+    if not scored.any():
+        return [math.nan] * len(AVERAGES), 0, 0, 0
+    by_case = _case_means(values)
+    by_organ = _case_means(values.T)
+    averages = [float(np.nanmean(by_case)), float(np.nanmean(by_organ)), float(values[scored].mean())]
+    return averages, int(scored.any(1).sum()), int(scored.any(0).sum()), int(scored.sum())
 
 
 def plot_dice_boxplot(
@@ -167,12 +215,55 @@ def plot_dice_boxplot(
     ax.set_xticks(positions, ticks, rotation=35, ha="right", fontsize=9)
     ax.set_xlim(0.4, len(labels) + 0.6)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("Dice")
+    ax.set_ylabel("Dice (missed and false-positive organs: 0)")
     ax.grid(axis="y", color="0.85")
     ax.set_axisbelow(True)
-    pooled = np.concatenate(finite) if finite else np.zeros(0)
-    overall = f", mean Dice {pooled.mean():.3f} over all organs and cases" if pooled.size else ""
+    by_case = _case_means(np.stack(values, axis=1)) if values and dice else np.zeros(0)
+    by_case = by_case[~np.isnan(by_case)]
+    overall = f", mean {by_case.mean():.3f} (over cases of each case's mean over its organs)" if by_case.size else ""
     ax.set_title(f"Dice per organ over {len(dice)} case(s){overall}")
+    fig.tight_layout()
+    return save_figure_atomic(fig, output_png, FIGURE_DPI)
+
+
+def plot_organ_status(
+    panels: Sequence[tuple[str, Mapping[int, str], Mapping[str, Mapping[int, str]]]], output_png: str
+) -> str:
+    """
+    Per-organ status chart: for each organ a bar stacked from the number of cases where it was detected, missed,
+    a false positive and absent, one panel per protocol (``STATUS_PANEL_FIGSIZE`` each at ``FIGURE_DPI``).
+
+    Args:
+        panels: (title, label -> name of the organs in bar order, image -> label -> status) per protocol.
+        output_png: PNG to write (atomically).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    width, height = STATUS_PANEL_FIGSIZE
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, height * len(panels)), squeeze=False)
+    for ax, (title, organs, status) in zip(axes[:, 0], panels):
+        labels = list(organs)
+        positions = np.arange(len(labels))
+        bottom = np.zeros(len(labels))
+        totals = {}
+        for state in ORGAN_STATUSES:
+            counts = np.array([sum(row.get(label) == state for row in status.values()) for label in labels], float)
+            totals[state] = int(counts.sum())
+            ax.bar(positions, counts, 0.7, bottom=bottom, color=_STATUS_COLOURS[state], edgecolor="white",
+                   label=f"{state} ({totals[state]})")
+            for x, (count, base) in enumerate(zip(counts, bottom)):
+                if count:
+                    ax.text(x, base + count / 2, f"{int(count)}", ha="center", va="center", fontsize=8)
+            bottom += counts
+        ax.set_xticks(positions, [organ_name(label, organs) for label in labels], rotation=35, ha="right", fontsize=9)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        ax.set_ylim(0, max(1, len(status)))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("cases")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, title="(case, organ) pairs")
+        errors = f"{totals[MISSED]} missed, {totals[FALSE_POSITIVE]} false positive"
+        ax.set_title(f"{title}: organ status over {len(status)} case(s), {errors}")
     fig.tight_layout()
     return save_figure_atomic(fig, output_png, FIGURE_DPI)
 
@@ -190,26 +281,109 @@ def _validation_labels(datalist: str, dataset_dir: str | None) -> dict[str, tupl
     return cases
 
 
+def _protocol_tables(
+    eval_dir: str, protocol: str, prefix: int
+) -> dict[str, tuple[list[int], dict[str, dict[int | str, float]]]]:
+    """metric -> (label columns, image -> label -> value) of the raw CSVs of ``protocol`` found in ``eval_dir``."""
+    tables = {}
+    for metric in _METRIC_NAMES:
+        path = os.path.join(eval_dir, METRIC_FILES[(metric, protocol)])
+        if os.path.isfile(path):
+            tables[metric] = read_raw_metrics(path)
+        else:
+            logger.warning(f"{path} not found: the report has no {metric}_{prefix} values.")
+    return tables
+
+
+def _statuses(
+    tables: Mapping[str, tuple[list[int], dict[str, dict[int | str, float]]]],
+    images: Sequence[str],
+    labels: Sequence[int],
+) -> dict[str, dict[int, str]] | None:
+    """image -> label -> status from the missed and false-positive tables; None without them."""
+    if "missed" not in tables or "false_positive" not in tables:
+        return None
+    missed, false_positive = tables["missed"][1], tables["false_positive"][1]
+    status: dict[str, dict[int, str]] = {}
+    for image in images:
+        m, fp = missed.get(image, {}), false_positive.get(image, {})
+        try:
+            status[image] = {label: organ_status(m.get(label, math.nan), fp.get(label, math.nan)) for label in labels}
+        except ValueError as e:
+            raise ValueError(f"{image}: no status in the missed and false-positive raw CSVs ({e})") from e
+    return status
+
+
+def _summary(
+    protocol: str,
+    tables: Mapping[str, tuple[list[int], dict[str, dict[int | str, float]]]],
+    images: Sequence[str],
+    organs: Mapping[int, str],
+    status: Mapping[str, Mapping[int, str]] | None,
+) -> tuple[list[list[Any]], list[str]]:
+    """``summary.csv`` rows of one protocol and the log lines that say the same in words."""
+    labels = list(organs)
+
+    def counts(selected: Sequence[int]) -> list[Any]:
+        if status is None:
+            return [""] * 4
+        states = [status[image][label] for image in images for label in selected]
+        return [states.count(s) for s in (DETECTED, MISSED, FALSE_POSITIVE, ABSENT)]
+
+    rows, words = [], []
+    for metric in (m for m in _SCORES if m in tables):
+        table = tables[metric][1]
+        values = np.array([[table.get(i, {}).get(label, math.nan) for label in labels] for i in images], float)
+        values = values.reshape(len(images), len(labels))
+        averages, cases, scored, pairs = _averages(values)
+        for average, value in zip(AVERAGES, averages):
+            rows.append([protocol, metric, "all", average, _SCORED[metric], _format(value), cases, scored, pairs])
+            rows[-1] += counts(labels)
+        for j, label in enumerate(labels):
+            column = values[:, j][~np.isnan(values[:, j])]
+            value = float(column.mean()) if column.size else math.nan
+            rows.append([protocol, metric, organ_name(label, organs), "mean over cases", _SCORED[metric]])
+            rows[-1] += [_format(value), column.size, int(column.size > 0), column.size, *counts([label])]
+        unit, name = (" mm", "HD95") if metric == "hd95" else ("", "Dice" if metric == "dice" else "NSD")
+        words.append(
+            f"{name} {_format(averages[0])}{unit}, the {AVERAGES[0]} ({cases} cases, {scored} organs, {pairs} "
+            f"(case, organ) pairs: {_SCORED[metric]}); {_format(averages[1])}{unit} {AVERAGES[1]}; "
+            f"{_format(averages[2])}{unit} pooled"
+        )
+    if status is not None:
+        detected, missed, false_positive, absent = counts(labels)
+        words.append(
+            f"{len(images)} cases x {len(labels)} organs: {detected} detected, {missed} missed, {false_positive} "
+            f"false positive (Dice and NSD 0, no HD95), {absent} absent from both (not scored)"
+        )
+    return rows, [f"{protocol}: {w}" for w in words]
+
+
 def write_evaluation_report(
     eval_dir: str,
     label_names: Mapping[int, str] | None = None,
     merged_label_names: Mapping[int, str] | None = None,
     dataset_dir: str | None = None,
     datalist: str | None = None,
+    organs: Sequence[str] | str | None = None,
+    merged_label_map: Sequence[int] | None = None,
 ) -> list[str]:
     """
-    Write the report of an evaluation run into ``eval_dir/report``.
+    Write the report of an evaluation run into ``eval_dir/report`` and log its summary.
 
-    Reads what ``configs/evaluate.json`` writes into ``eval_dir``: the MetricsSaver files
-    ``val_mean_dice_raw.csv`` (required), ``val_hd95_raw.csv``, ``val_mean_dice_merged_raw.csv`` and
-    ``val_hd95_merged_raw.csv`` (used when present) and the segmentations
+    Reads what ``configs/evaluate.json`` writes into ``eval_dir``: the MetricsSaver files (:data:`METRIC_FILES`;
+    ``val_mean_dice_raw.csv`` is required, the others are used when present) and the segmentations
     ``segmentations/<case>_seg.nii.gz``. Writes:
 
-    - ``per_case_metrics.csv``: ``case``, ``image``, then ``dice_<N>/<class>`` ... ``dice_<N>/mean`` and
-      ``hd95_<N>/<class>`` ... for the N foreground classes, then the same for the merged classes when they
-      differ (BTCV: ``dice_13/...``, ``hd95_13/...``, ``dice_11/...``, ``hd95_11/...``, the paper's 11-organ
-      protocol; HD95 in mm); ``nan`` where a class is absent from prediction and ground truth.
-    - ``dice_boxplot.png``: Dice of each class across cases.
+    - ``per_case_metrics.csv``: ``case``, ``image``, then for the N classes of each protocol ``dice_<N>/<organ>`` ...
+      ``dice_<N>/mean``, the same for ``hd95_<N>`` (mm) and ``nsd_<N>`` (normalised surface Dice), and
+      ``status_<N>/<organ>`` (``detected``, ``missed``, ``false positive``, ``absent``); the merged protocol follows
+      when it has other classes (BTCV: ``..._13/...`` then ``..._11/...``, the paper's 11-organ protocol). ``nan``
+      where a value is undefined (see ``scripts.metrics``); each ``mean`` is over the case's organs with a value.
+    - ``summary.csv``: per protocol and score, the three :data:`AVERAGES` over all organs and the mean over cases of
+      each organ, each with the pairs it counts (``scored``, ``cases``, ``organs``, ``pairs``) and how many of them
+      were detected, missed, false positive or absent.
+    - ``dice_boxplot.png``: Dice of each organ across cases; ``organ_status.png``: each organ's status counts.
     - ``<case>.png``: the overlay of every case (:func:`scripts.visualize.save_overlay_png`) with its Dice per
       class in the legend, and the ground truth when ``datalist`` is given (its ``validation`` entries,
       paths relative to ``dataset_dir``, default the datalist's folder). A case whose files are missing is
@@ -223,42 +397,70 @@ def write_evaluation_report(
             again and are left out.
         dataset_dir: folder the datalist paths are relative to.
         datalist: datalist JSON for the ground-truth labels, or None to draw the predictions only.
+        organs: report only these organs (config id ``organs``, see ``scripts.metrics.protocol_organs``); None: all.
+        merged_label_map: label -> merged label (config id ``merged_label_map``); default ``BTCV_MERGED_LABEL_MAP``
+            when ``merged_label_names`` is also the default. Needed to select ``organs`` in the merged protocol.
 
     Returns:
-        the written files: the CSV, the box plot, then the overlays.
+        the written files: the two CSVs, the box plot, the status chart, then the overlays.
     """
     names = {int(k): v for k, v in (BTCV_LABELS if label_names is None else label_names).items()}
+    if merged_label_names is None and merged_label_map is None:
+        merged_label_map = BTCV_MERGED_LABEL_MAP
     merged = {int(k): v for k, v in (BTCV_MERGED_LABELS if merged_label_names is None else merged_label_names).items()}
-    protocols = {"all": names, "merged": merged}
     dice_csv = os.path.join(eval_dir, METRIC_FILES[("dice", "all")])
     if not os.path.isfile(dice_csv):
         raise FileNotFoundError(f"{eval_dir}: no {METRIC_FILES[('dice', 'all')]}; run the evaluation first.")
+    if merged_label_map is not None:
+        selected = protocol_organs(organs, names, merged, merged_label_map)
+    elif organs:
+        raise ValueError("organs: give merged_label_map (config id) too, to select the merged organs.")
+    else:
+        selected = {"all": select_organs(names), "merged": select_organs(merged)}
+    protocols = {"all": names} if len(merged) == len(names) else {"all": names, "merged": merged}
     report_dir = os.path.join(eval_dir, "report")
-    tables: dict[str, tuple[list[int], dict[str, dict[int | str, float]], Mapping[int, str]]] = {}
-    for (metric, protocol), file_name in METRIC_FILES.items():
-        protocol_names = protocols[protocol]
-        if protocol == "merged" and len(merged) == len(names):
-            continue
-        prefix = f"{metric}_{len(protocol_names) - 1}"
-        path = os.path.join(eval_dir, file_name)
-        if os.path.isfile(path):
-            tables[prefix] = (*read_raw_metrics(path), protocol_names)
-        else:
-            logger.warning(f"{path} not found: per_case_metrics.csv has no {prefix} columns.")
-    labels, dice, _ = tables[f"dice_{len(names) - 1}"]
+    _, dice = read_raw_metrics(dice_csv)
+    images = list(dice)
 
-    header = ["case", "image"]
-    for prefix, (columns, _, protocol_names) in tables.items():
-        header += [f"{prefix}/{organ_name(label, protocol_names)}" for label in columns] + [f"{prefix}/mean"]
+    header, columns, summary, words, panels = ["case", "image"], [], [_SUMMARY_HEADER], [], []
+    for protocol, protocol_names in protocols.items():
+        n = len(protocol_names) - 1
+        tables = _protocol_tables(eval_dir, protocol, n)
+        organs_scored = selected[protocol]
+        for metric in _SCORES:
+            if metric in tables:
+                header += [f"{metric}_{n}/{organ_name(label, organs_scored)}" for label in organs_scored]
+                header.append(f"{metric}_{n}/mean")
+                columns.append(("score", tables[metric][1], list(organs_scored)))
+        status = _statuses(tables, images, list(organs_scored))
+        if status is not None:
+            header += [f"status_{n}/{organ_name(label, organs_scored)}" for label in organs_scored]
+            columns.append(("status", status, list(organs_scored)))
+            panels.append((f"{n} organs", organs_scored, status))
+        protocol_summary, lines = _summary(f"{n} organs", tables, images, organs_scored, status)
+        summary += protocol_summary
+        words += lines
+
     rows: list[list[Any]] = [header]
-    for image in dice:
+    for image in images:
         row: list[Any] = [case_name(image), image]
-        for columns, table, _ in tables.values():
+        for kind, table, labels in columns:
             values = table.get(image, {})
-            row += [_format(values.get(key, math.nan)) for key in [*columns, "mean"]]
+            if kind == "status":
+                row += [values[label] for label in labels]
+            else:
+                scores = np.array([values.get(label, math.nan) for label in labels], float)
+                row += [_format(v) for v in scores] + [_format(_case_means(scores[None])[0])]
         rows.append(row)
     written = [write_csv_atomic(os.path.join(report_dir, "per_case_metrics.csv"), rows)]
-    written.append(plot_dice_boxplot(dice, labels, names, os.path.join(report_dir, "dice_boxplot.png")))
+    written.append(write_csv_atomic(os.path.join(report_dir, "summary.csv"), summary))
+    boxplot_labels = list(selected["all"])
+    written.append(plot_dice_boxplot(dice, boxplot_labels, names, os.path.join(report_dir, "dice_boxplot.png")))
+    if panels:
+        written.append(plot_organ_status(panels, os.path.join(report_dir, "organ_status.png")))
+    for line in words:
+        logger.info(line)
+    logger.info(f"evaluation report: {report_dir} (summary.csv says what each average counts)")
 
     cases = _validation_labels(datalist, dataset_dir) if datalist else {}
     for image, scores in dice.items():
@@ -275,12 +477,12 @@ def write_evaluation_report(
         if missing:
             logger.warning(f"{case}: overlay skipped, missing {', '.join(missing)}.")
             continue
-        mean = scores.get("mean", math.nan)
-        title = f"{case}    mean Dice {_format(mean)}"
+        shown = {label: scores.get(label, math.nan) for label in boxplot_labels}
+        title = f"{case}    mean Dice {_format(_case_means(np.array([list(shown.values())], float))[0])}"
         written.append(
             save_overlay_png(
                 image_path, segmentation, os.path.join(report_dir, f"{case}.png"), label_path, names,
-                title=title, scores={k: v for k, v in scores.items() if isinstance(k, int)},
+                title=title, scores=shown,
             )
         )
     return written

@@ -69,7 +69,9 @@ def test_prepare_fingerprint_finetune_evaluate_and_measure(tmp_path):
     run_cli("run", "evaluating", "--config_file", str([*config_paths("train.json", "demo.json", "evaluate.json"), str(overlay)]), *paths, "--num_workers", "0")
     with open(evaluation / "report" / "per_case_metrics.csv") as f:
         header = next(csv.reader(f))
-    assert header == ["case", "image", "dice_2/liver", "dice_2/spleen", "dice_2/mean", "hd95_2/liver", "hd95_2/spleen", "hd95_2/mean"]
+    assert header == ["case", "image"] + [
+        f"{metric}_2/{column}" for metric in ("dice", "hd95", "nsd") for column in ("liver", "spleen", "mean")
+    ] + ["status_2/liver", "status_2/spleen"]
 
     inference = tmp_path / "inference"
     run_cli(
