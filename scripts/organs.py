@@ -32,7 +32,10 @@ def select_organs(label_names: Mapping[Any, str], organs: Sequence[str] | str | 
     by_name = {name: label for label, name in foreground.items()}
     unknown = [name for name in requested if name not in by_name]
     if unknown:
-        raise ValueError(f"organs {unknown} are not in the label table; valid names: {', '.join(by_name)}.")
+        raise ValueError(
+            f"config id 'organs': {unknown} not in the label table (config id 'label_names'); "
+            f"valid names: {', '.join(by_name)}."
+        )
     chosen = sorted({by_name[name] for name in requested})
     return {label: foreground[label] for label in chosen}
 

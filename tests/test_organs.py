@@ -42,3 +42,58 @@ def test_keep_organs_zeroes_other_labels_keeping_dtype_and_meta():
 def test_keep_organs_without_subset_is_identity():
     labels = torch.arange(14, dtype=torch.uint8)
     assert KeepOrgansd("pred", CONFIG_LABELS)({"pred": labels})["pred"] is labels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# configs/inference.json: organs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_inference_writes_measures_and_draws_only_the_selected_organs():
+    from monai.bundle import ConfigParser
+
+    from scripts.measurements import SaveMeasurementsd
+    from scripts.report import SaveOverlayd
+
+    from .reliability.conftest import config_paths
+
+    parser = ConfigParser()
+    parser.read_config(config_paths("inference.json"))
+    parser["organs"] = ["liver", "spleen"]
+    transforms = parser.get_parsed_content("postprocessing").transforms
+    assert type(transforms[0]) is KeepOrgansd and transforms[0].keys == ("pred",) and transforms[0].labels == [1, 6]
+    assert type(transforms[1]).__name__ == "SaveImaged"  # the label map is filtered before it is written
+    drawn = [t for t in transforms if isinstance(t, (SaveOverlayd, SaveMeasurementsd))]
+    assert len(drawn) == 2 and all(t.label_names == {1: "spleen", 6: "liver"} for t in drawn)
+    parser["organs"] = None
+    transforms = parser.get_parsed_content("postprocessing", lazy=False).transforms
+    drawn = [t for t in transforms if isinstance(t, (SaveOverlayd, SaveMeasurementsd))]
+    assert transforms[0].all_organs and all(t.label_names == {k: v for k, v in BTCV_LABELS.items() if k} for t in drawn)
+
+
+def test_inference_refuses_unknown_organs_before_the_network_runs(tmp_path):
+    from .reliability.conftest import ct_image, root_cause, workflow, write_nifti
+
+    write_nifti(tmp_path / "in" / "a.nii.gz", ct_image())
+    flow = workflow(
+        ["inference.json", "demo.json"], "infer", organs=["liver", "livr"], dataset_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "out"), ckpt_path=str(tmp_path / "missing.pt"),
+    )
+    with pytest.raises(Exception) as error:
+        flow.initialize()  # refused before the checkpoint (missing here) is even looked at
+    message = str(root_cause(error.value))
+    assert "config id 'organs': ['livr'] not in the label table" in message
+    assert message.endswith("valid names: " + ", ".join(v for k, v in BTCV_LABELS.items() if k) + ".")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("organs, valid", [(None, True), ([], True), (["liver"], True), ("liver, spleen", True),
+                                           ("liver", True), (5, False), ([""], False), (["liver", 6], False)])
+def test_config_check_of_organs(organs, valid):
+    from scripts.config_check import ConfigValueError, check_config
+
+    if valid:
+        check_config({"organs": organs})
+    else:
+        with pytest.raises(ConfigValueError, match="config id 'organs' must be null"):
+            check_config({"organs": organs})

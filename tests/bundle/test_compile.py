@@ -22,8 +22,10 @@ TINY = {"network_def#blocks": [1, 1, 1], "network_def#channels": [8, 16, 24, 24]
 
 # inference and evaluation freeze the weights into the compiled graph; training must not (its weights change)
 FROZEN = "$@compile_network and scripts.inferers.compile_for_inference(@network)"
+# inference compiles the network it runs: the network itself, or every member of a --ckpt_files ensemble
+FROZEN_INFERENCE = "$@compile_network and scripts.inferers.compile_for_inference(@inference_network)"
 COMPILE_STEPS = {
-    ("inference.json",): FROZEN,
+    ("inference.json",): FROZEN_INFERENCE,
     ("train.json", "evaluate.json"): FROZEN,
     ("train.json",): "$@compile_network and @network.compile()",
 }
@@ -54,7 +56,7 @@ def test_compiled_network_matches_eager_with_weights_loaded_after_compiling(conf
     assert network.detrans._compiled_call_impl is None
     assert list(network.state_dict()) == keys  # no "_orig_mod." prefix: checkpoints load either way
 
-    assert torch._inductor.config.freezing == (COMPILE_STEPS[configs] == FROZEN)
+    assert torch._inductor.config.freezing == (COMPILE_STEPS[configs] in (FROZEN, FROZEN_INFERENCE))
     # the workflows load the checkpoint after compiling (handler at STARTED): frozen weights must be the loaded ones
     torch.manual_seed(1)
     reference = CoTr(**{k.split("#")[1]: v for k, v in TINY.items() if k.startswith("network_def#")}, out_channels=3)
