@@ -71,6 +71,16 @@ def _is_label_names(v: Any) -> bool:
         return False
 
 
+def _is_organs(v: Any) -> bool:
+    names = v.split(",") if isinstance(v, str) else v
+    return v is None or (isinstance(names, Sequence) and all(isinstance(n, str) and n.strip() for n in names))
+
+
+def _is_tolerance_mm(v: Any) -> bool:
+    values = v.values() if isinstance(v, Mapping) else [v]
+    return all(_number(0)(x) for x in values) and (not isinstance(v, Mapping) or all(isinstance(k, str) for k in v))
+
+
 def _is_flip_axes(v: Any) -> bool:
     return (
         isinstance(v, Sequence)
@@ -119,17 +129,33 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "resume": ("True, False or the path of a resumable checkpoint", _is_resume),
     "pretrained": ("an empty string or the path of a checkpoint to fine-tune from", lambda v: isinstance(v, str)),
     "overwrite": _BOOL,
+    "skip_existing": _BOOL,
     "save_overlays": _BOOL,
     "save_measurements": _BOOL,
+    "save_dicom_seg": _BOOL,
+    "min_organ_ml": ("a number >= 0 (mL)", _number(0)),
+    "organs": (
+        "null (every organ) or a list of organ names of the label table, e.g. ['liver', 'spleen']",
+        _is_organs,
+    ),
     "sw_progress": _BOOL,
     "amp": _BOOL,
     "compile_network": _BOOL,
     "inference_precision": (f"one of {', '.join(map(repr, PRECISIONS))}", lambda v: v in PRECISIONS),
     "tta_flip_axes": ("a list of distinct spatial axes among 0, 1, 2 (may be empty)", _is_flip_axes),
+    "hd_percentile": ("a number in (0, 100] (95 for HD95)", _number(0, 100, low_open=True)),
+    "surface_dice_tolerance_mm": (
+        "a number of mm >= 0, or a map organ name -> mm with an optional 'default', e.g. {'default': 3, 'liver': 5}",
+        _is_tolerance_mm,
+    ),
     "dataset_dir": _PATH,
     "output_dir": _PATH,
     "ckpt_dir": _PATH,
     "ckpt_path": _PATH,
+    "ckpt_files": (
+        "null (the one checkpoint ckpt_path) or a non-empty list of checkpoint paths, one per ensemble member",
+        lambda v: v is None or (isinstance(v, Sequence) and not isinstance(v, str) and v and all(map(_is_path, v))),
+    ),
     "image_pattern": (
         "a glob pattern string that input folder entries must match, e.g. '*.nii.gz', or '' for every entry",
         lambda v: isinstance(v, str),

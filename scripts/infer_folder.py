@@ -13,7 +13,13 @@ computing:
   (:mod:`scripts.geometry`) and gapped or tilted DICOM series (:mod:`scripts.dicom`) are set aside with their
   reason; a scan thinner than the training patch gets a warning;
 - outputs: the run is refused when the output folder is a file, inside the input folder, not writable or too
-  full, or when an output already exists (config id ``overwrite``).
+  full, or when an output already exists (config id ``overwrite``); with ``skip_existing`` a case whose outputs all
+  exist is listed as already done and the others are segmented (an interrupted run continues).
+
+Under ``torch.distributed`` (``torchrun`` with ``configs/multi_gpu_inference.json``) every rank discovers the same
+cases, the ranks read their share of the checks and exchange the results, and each rank segments its shard
+(:func:`shard_cases`: every case once, balanced by resampled size); ``finalize()`` gathers the ranks' results, rank
+0 prints one summary, and every rank exits with status 1 when any case was not segmented.
 
 During the run :meth:`InferenceInputs.guard` and :meth:`InferenceInputs.run_case` (the evaluator's
 ``iteration_update``) set aside a case that fails while it is loaded or predicted, so that the other cases are
@@ -26,13 +32,17 @@ place: an interrupted run never leaves a truncated ``*_seg.nii.gz`` that looks f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
+import glob
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +58,7 @@ from scripts.datalist import check_image_label_pair, check_image_values
 
 __all__ = [
     "InferenceInputs", "InputError", "Case", "check_image", "nifti_case_name", "output_path", "AtomicNibabelWriter",
+    "shard_cases",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,6 +181,53 @@ def thin_scan_warning(
     )
 
 
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` process group; (0, 1) in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _all_gather(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` in a single process); a collective: every rank calls it."""
+    world = _rank_and_world()[1]
+    if world == 1:
+        return [value]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def shard_cases(costs: Sequence[float], world_size: int) -> list[list[int]]:
+    """
+    Split cases over ``world_size`` ranks, every case exactly once: largest first, each to the rank with the least
+    total cost so far (lowest rank on a tie), so that the ranks finish at about the same time. Deterministic: every
+    rank computes the same split from the same costs.
+
+    Args:
+        costs: the cost of each case (e.g. its voxels at the target spacing).
+        world_size: number of ranks, >= 1.
+
+    Returns:
+        for each rank, the indices of its cases in increasing order (empty for a rank without a case).
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}.")
+    loads = [0.0] * world_size
+    shards: list[list[int]] = [[] for _ in range(world_size)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        shards[rank].append(index)
+        loads[rank] += costs[index]
+    return [sorted(shard) for shard in shards]
+
+
+def _stale_temporaries(path: str) -> list[str]:
+    """Temporary files that :func:`scripts.atomic.atomic_output` left for ``path`` when its run was killed."""
+    folder, name = os.path.split(path)
+    return glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*tmp*"))
+
+
 class InferenceInputs:
     """
     Finds and checks the inputs and outputs of an inference run before it starts, guards each case while it runs,
@@ -187,6 +245,15 @@ class InferenceInputs:
         patch_size: the sliding-window size (config id ``patch_size``), for the thin-scan warning.
         target_spacing: the resampling spacing (config id ``target_spacing``), for the thin-scan warning.
         debug: re-raise a case's failure instead of setting the case aside (config id ``debug``).
+        dicom_seg: a DICOM-SEG is written for every DICOM case too (config id ``save_dicom_seg``): each series is
+            checked for it, an existing SEG output counts as an existing output, and a NIfTI case gets a warning
+            (it has no series to reference; its NIfTI output is written).
+        skip_existing: continue an interrupted run (config id ``skip_existing``): a case whose outputs (the
+            segmentation files and ``extra_outputs``) all exist is listed as already done and left untouched, the
+            other cases are segmented (a partial output of theirs is replaced, temporary files of a killed write
+            are removed). Refused together with ``overwrite``.
+        extra_outputs: the other files the run writes for each case, relative to ``output_dir`` with ``{case}`` for
+            the case name (e.g. ``["{case}.png"]``): with ``skip_existing`` a case missing one is segmented again.
 
     Examples::
 
@@ -209,7 +276,15 @@ class InferenceInputs:
         patch_size: Sequence[int] | None = None,
         target_spacing: Sequence[float] | None = None,
         debug: bool = False,
+        dicom_seg: bool = False,
+        skip_existing: bool = False,
+        extra_outputs: Sequence[str] = (),
     ) -> None:
+        if overwrite and skip_existing:
+            raise InputError(
+                "overwrite and skip_existing are both on: --overwrite True replaces every existing output, "
+                "--skip_existing True keeps the complete ones. Choose one."
+            )
         if isinstance(images, (str, os.PathLike)):
             images = [images]
         self.images_in = None if images is None else [os.fspath(p) for p in images]
@@ -222,11 +297,18 @@ class InferenceInputs:
         self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
         self.target_spacing = None if target_spacing is None else [float(s) for s in target_spacing]
         self.debug = bool(debug)
+        self.dicom_seg = bool(dicom_seg)
+        self.skip_existing = bool(skip_existing)
+        self.extra_outputs = list(extra_outputs)
         self.cases: list[Case] = []
         self.outputs: dict[str, str] = {}
         self.skipped: list[tuple[str, str]] = []
         self.ignored: list[tuple[str, str]] = []
         self.failed: list[tuple[str, str]] = []
+        self.done: list[tuple[str, str]] = []
+        self.exit_status = 0
+        self._shard: list[int] = []
+        self._started = 0.0
         self._by_source: dict[str, Case] = {}
         self._nifti_names: dict[str, list[str]] = {}
         self._loose_dicom: dict[str, list[str]] = {}
@@ -332,6 +414,16 @@ class InferenceInputs:
             thin = thin_scan_warning(case.shape, case.affine, self.patch_size, self.target_spacing)
             if thin:
                 case.warnings.append(f"{case.shown}: {thin}")
+        if not problems and self.dicom_seg:
+            if case.series is None:
+                case.warnings.append(
+                    f"{case.shown}: no DICOM-SEG for a NIfTI input (there is no DICOM series to reference); only its "
+                    "NIfTI segmentation is written"
+                )
+            else:
+                from scripts.dicom_seg import check_source_series
+
+                problems = check_source_series(case.series)
         return problems
 
     def _check_output_dir(self) -> None:
@@ -350,6 +442,10 @@ class InferenceInputs:
 
     def _check_space(self) -> None:
         needed = sum(OUTPUT_BYTES_PER_VOXEL * int(np.prod(c.shape)) + OUTPUT_BYTES_PER_CASE for c in self.cases)
+        if self.dicom_seg:
+            from scripts.dicom_seg import SEG_BYTES_PER_VOXEL
+
+            needed += sum(SEG_BYTES_PER_VOXEL * int(np.prod(c.shape)) for c in self.cases if c.series is not None)
         free = shutil.disk_usage(self.output_dir).free
         if free < needed:
             raise InputError(
@@ -380,14 +476,15 @@ class InferenceInputs:
                 )
         self._check_output_dir()
         found = self._discover()
-        for case in found:
-            problems = self._check_case(case)
+        main = _rank_and_world()[0] == 0  # every rank has the same results: rank 0 reports them
+        for case, problems in zip(found, self._check_cases(found)):
             if problems:
                 self.skipped.append((case.shown, _strip(problems, case.shown)))
-                logger.warning(f"skipping {case.shown}: {self.skipped[-1][1]}")
+                if main:
+                    logger.warning(f"skipping {case.shown}: {self.skipped[-1][1]}")
             else:
                 self.cases.append(case)
-            for message in case.warnings:
+            for message in case.warnings if main else ():
                 logger.warning(message)
         self._set_aside_output_clashes()
         if not self.cases:
@@ -397,22 +494,105 @@ class InferenceInputs:
                 + (":\n" + "\n".join(f"  {p}: {r}" for p, r in reported) if reported else " (the folder is empty).")
                 + "\nInference reads NIfTI files (.nii, .nii.gz) and DICOM series folders (config id 'dataset_dir')."
             )
-        existing = [(o, c.shown) for c in self.cases if os.path.exists(o := self.outputs[c.name])]
+        self._sort_out_existing_outputs()
+        self._check_space()
+        self._by_source = {_source_key(c.source): c for c in self.cases}
+        rank, world = _rank_and_world()
+        costs = [self._cost(c) for c in self.cases]
+        self._shard = shard_cases(costs, world)[rank]
+        self._checked = True
+        self._started = time.perf_counter()
+        if main:
+            logger.info(
+                f"inference: {len(self.cases)} case(s) to segment into {self.output_dir}"
+                + (f", {len(self.done)} already done" if self.done else "")
+                + (f", {len(self.skipped)} skipped" if self.skipped else "")
+                + (f", {len(self.ignored)} ignored" if self.ignored else "")
+                + (
+                    f"; {world} ranks, rank 0 segments {len(self._shard)} of them "
+                    f"({sum(costs[i] for i in self._shard) / max(sum(costs), 1e-9):.0%} of the resampled voxels; "
+                    "the progress shown is rank 0's)"
+                    if world > 1 else ""
+                )
+            )
+        return self
+
+    def _check_cases(self, cases: Sequence[Case]) -> list[list[str]]:
+        """
+        :meth:`_check_case` of every case. Under ``torch.distributed`` each rank reads every ``world``-th case and
+        the ranks exchange the results, so that they all know every case; they must have found the same cases.
+        """
+        rank, world = _rank_and_world()
+        sources = _all_gather([c.source for c in cases])
+        if any(s != sources[0] for s in sources):
+            counts = ", ".join(f"rank {r}: {len(s)}" for r, s in enumerate(sources))
+            raise InputError(
+                f"the ranks found different cases in {self._where()} ({counts}): every node must see the same "
+                "input folder (a shared file system) with the same content."
+            )
+        mine = {
+            i: (self._check_case(c), c.shape, c.affine, c.warnings) for i, c in enumerate(cases) if i % world == rank
+        }
+        results = {i: result for part in _all_gather(mine) for i, result in part.items()}
+        problems = []
+        for i, case in enumerate(cases):
+            found, case.shape, case.affine, case.warnings = results[i]
+            problems.append(found)
+        return problems
+
+    def _cost(self, case: Case) -> float:
+        """The voxels of ``case`` at ``target_spacing`` (its voxel count without one): its share of the work."""
+        voxels = float(np.prod(case.shape))
+        if self.target_spacing is None or case.affine is None:
+            return voxels
+        spacing = np.linalg.norm(np.asarray(case.affine, dtype=float)[:3, :3], axis=0)
+        return voxels * float(np.prod(spacing) / np.prod(self.target_spacing))
+
+    def expected_files(self, case: Case) -> list[str]:
+        """Every file the run writes for ``case``: :meth:`case_outputs`, then ``extra_outputs``."""
+        extra = [os.path.join(self.output_dir, template.format(case=case.name)) for template in self.extra_outputs]
+        return self.case_outputs(case) + extra
+
+    def _sort_out_existing_outputs(self) -> None:
+        """
+        Refuse existing segmentation files unless ``overwrite``; with ``skip_existing``, set aside as done the cases
+        whose :meth:`expected_files` all exist, after removing what killed writes left behind. Under
+        ``torch.distributed`` a file exists when any rank sees it (a shared output folder, or each node's own), and
+        no rank writes before all have looked.
+        """
+        if self.skip_existing:
+            for path in (p for c in self.cases for p in self.expected_files(c)):
+                for temporary in _stale_temporaries(path):
+                    with contextlib.suppress(FileNotFoundError):  # another rank removed it first
+                        os.remove(temporary)
+        seen = [[os.path.exists(p) for p in self.expected_files(c)] for c in self.cases]
+        seen = [[any(on_ranks) for on_ranks in zip(*case)] for case in zip(*_all_gather(seen))]
+        if self.skip_existing:
+            done = {c.name for c, files in zip(self.cases, seen) if all(files)}
+            self.done = [(c.shown, self.outputs[c.name]) for c in self.cases if c.name in done]
+            self.cases = [c for c in self.cases if c.name not in done]
+            return
+        existing = [  # expected_files starts with the segmentation files, which zip stops after
+            (p, c.shown)
+            for c, files in zip(self.cases, seen)
+            for p, exists in zip(self.case_outputs(c), files)
+            if exists
+        ]
         if existing and not self.overwrite:
             raise FileExistsError(
                 f"{len(existing)} output file(s) already exist and overwrite is off:\n"
                 + "\n".join(f"  {o} (from {i})" for o, i in existing)
-                + "\nPass --overwrite True to replace them, or choose another --output_dir."
+                + "\nPass --overwrite True to replace them, --skip_existing True to keep the complete ones and segment "
+                "the other cases (an interrupted run continues), or choose another --output_dir."
             )
-        self._check_space()
-        self._by_source = {_source_key(c.source): c for c in self.cases}
-        self._checked = True
-        logger.info(
-            f"inference: {len(self.cases)} case(s) to segment into {self.output_dir}"
-            + (f", {len(self.skipped)} skipped" if self.skipped else "")
-            + (f", {len(self.ignored)} ignored" if self.ignored else "")
-        )
-        return self
+
+    def case_outputs(self, case: Case) -> list[str]:
+        """The segmentation files of ``case``: its NIfTI output and, for a DICOM case with ``dicom_seg``, its SEG."""
+        if not (self.dicom_seg and case.series is not None):
+            return [self.outputs[case.name]]
+        from scripts.dicom_seg import SEG_EXTENSION
+
+        return [self.outputs[case.name], output_path(case.name, self.output_dir, self.output_postfix, SEG_EXTENSION)]
 
     def _set_aside_output_clashes(self) -> None:
         """Cases that would write the same output file, or whose output path is a folder, are skipped."""
@@ -442,9 +622,10 @@ class InferenceInputs:
     def items(self) -> list[dict[str, str]]:
         """
         ``[{"image": source, "case": name}, ...]`` for the dataset: the usable cases once :meth:`check` has run
-        (the config's ``initialize`` runs it); nothing before, so that building the config reads no file.
+        (the config's ``initialize`` runs it); nothing before, so that building the config reads no file. Under
+        ``torch.distributed``, this rank's shard of them (:func:`shard_cases`).
         """
-        return [c.item for c in self.cases] if self._checked else []
+        return [self.cases[i].item for i in self._shard] if self._checked else []
 
     def case_of(self, source: Any) -> Case | None:
         """The case loaded from ``source`` (a ``filename_or_obj``), or None."""
@@ -488,17 +669,40 @@ class InferenceInputs:
 
     # -- the report -----------------------------------------------------------------------------------------
 
-    def summary(self) -> str:
-        """What was written, what was skipped or failed and why, what was ignored, and the warnings."""
-        written = [o for o in self.outputs.values() if os.path.exists(o)]
+    def _record(self) -> dict[str, Any]:
+        """This rank's part of the summary: its cases, the outputs written, the failures, the time since the checks."""
         failed = {s for s, _ in self.failed}
-        missing = [(c.shown, self.outputs[c.name]) for c in self.cases
-                   if c.shown not in failed and not os.path.exists(self.outputs[c.name])]
-        total = len(self.cases) + len(self.skipped)
-        lines = [f"inference: wrote {len(written)} of {total} segmentation(s) to {self.output_dir}"]
+        shard = [self.cases[i] for i in self._shard]
+        return {
+            "host": socket.gethostname(),
+            "cases": len(shard),
+            "voxels": sum(self._cost(c) for c in shard),
+            "written": [self.outputs[c.name] for c in shard if os.path.exists(self.outputs[c.name])],
+            "failed": list(self.failed),
+            "missing": [(c.shown, self.outputs[c.name]) for c in shard
+                        if c.shown not in failed and not os.path.exists(self.outputs[c.name])],  # fmt: skip
+            "seconds": time.perf_counter() - self._started,
+        }
+
+    def summary(self, records: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """
+        What was written, what was skipped or failed and why, what was ignored, and the warnings.
+
+        Args:
+            records: every rank's ``_record()`` in rank order (:meth:`finalize` gathers them); default this
+                process's own.
+        """
+        records = [self._record()] if records is None else records
+        written = sum(len(r["written"]) for r in records)
+        failures = [f for r in records for f in r["failed"]]
+        missing = [m for r in records for m in r["missing"]]
+        total = len(self.cases) + len(self.skipped) + len(self.done)
+        lines = [f"inference: wrote {written} of {total} segmentation(s) to {self.output_dir}"]
+        if self.done:
+            lines.append(f"{len(self.done)} case(s) already done (skip_existing): their outputs were left as they were")
         for title, entries in (
             ("skipped {} input(s) that cannot be used", self.skipped),
-            ("{} case(s) failed while being segmented", self.failed),
+            ("{} case(s) failed while being segmented", failures),
         ):
             if entries:
                 lines.append(title.format(len(entries)) + ":")
@@ -513,16 +717,49 @@ class InferenceInputs:
         if messages:
             lines.append(f"{len(messages)} warning(s):")
             lines += [f"  {m}" for m in messages]
+        if len(records) > 1:
+            voxels = max(sum(r["voxels"] for r in records), 1e-9)
+            lines.append(f"{len(records)} ranks on {len({r['host'] for r in records})} host(s):")
+            lines += [
+                f"  rank {rank} ({r['host']}): {len(r['written'])} of {r['cases']} case(s) written "
+                f"({r['voxels'] / voxels:.0%} of the resampled voxels), {len(r['failed'])} failed, {r['seconds']:.1f} s"
+                for rank, r in enumerate(records)
+            ]
         return "\n".join(lines)
 
-    def finalize(self) -> None:
-        """Print :meth:`summary` (stderr) and exit with status 1 when an input was not segmented."""
+    def finalize(self, exit_on_failure: bool = True) -> int:
+        """
+        Print :meth:`summary` (stderr when an input was not segmented) and set :attr:`exit_status`: 1 when an
+        input was not segmented, else 0. Under ``torch.distributed`` (a collective: every rank calls it) the ranks'
+        results are gathered, rank 0 prints the summary of the whole run, and every rank gets the same status.
+
+        Args:
+            exit_on_failure: raise ``SystemExit(1)`` when the status is 1 (:meth:`exit_if_failed`); False lets the
+                config release the process group first.
+
+        Returns:
+            :attr:`exit_status`.
+        """
         self.check()
-        text = self.summary()
-        failed = bool(self.skipped or self.failed) or any(not os.path.exists(o) for o in self.outputs.values())
-        print(text, file=sys.stderr if failed else sys.stdout, flush=True)
-        if failed:
-            raise SystemExit(1)
+        rank, world = _rank_and_world()
+        records = _all_gather(self._record())
+        failed = bool(self.skipped) or any(r["failed"] or r["missing"] for r in records)
+        self.exit_status = int(failed)
+        if rank == 0:
+            print(self.summary(records), file=sys.stderr if failed else sys.stdout, flush=True)
+        elif failed:
+            print(f"inference (rank {rank}): exit status 1, not every input was segmented (summary on rank 0)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        if world > 1:
+            torch.distributed.barrier()  # every rank has reported before one exits and torchrun stops the others
+        if exit_on_failure:
+            self.exit_if_failed()
+        return self.exit_status
+
+    def exit_if_failed(self) -> None:
+        """Raise ``SystemExit`` with :attr:`exit_status` (set by :meth:`finalize`) when it is not 0."""
+        if self.exit_status:
+            raise SystemExit(self.exit_status)
 
 
 def _first(value: Any) -> Any:

@@ -46,6 +46,7 @@ Measured with the scripts in `scripts/benchmarks/` (each writes its own section 
     python -m scripts.benchmarks.compare_networks --write_docs       (sizes: see its section)
     python -m scripts.benchmarks.equal_time_training --write_docs
     python -m scripts.benchmarks.bench_inference --write_docs True
+    python -m scripts.benchmarks.gpu_check                    (on CUDA; writes its section)
 
 Times are wall-clock medians after warm-up (the network comparison takes the fastest call, see its section). CPU peak memory is resident memory (RSS): the peak (`VmHWM`, reset
 through `/proc/self/clear_refs` just before the measured call) minus the RSS just before it, after freed heap memory
