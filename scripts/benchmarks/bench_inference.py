@@ -9,7 +9,7 @@ straightforward one.
 
 With ``--streaming True`` it compares instead the whole-volume inferer and postprocessing the configs had before
 (sliding window, then softmax, ``Invertd`` and argmax of whole-volume probabilities) with the streaming one,
-:class:`scripts.streaming.StreamingSegmentationInferer` (labels straight in the original geometry, bounded memory),
+:class:`scripts.engine.streaming.StreamingSegmentationInferer` (labels straight in the original geometry, bounded memory),
 each in its own process: peak memory of the whole run and of the case's inference + postprocessing, time, windows,
 seconds per window and the Dice of the streaming labels against the whole-volume ones, for every size in ``--shapes``.
 
@@ -65,9 +65,9 @@ from scripts.benchmarks.common import (
     set_malloc_mmap_threshold,
     update_docs_section,
 )
-from scripts.inferers import default_precision
+from scripts.engine.inferers import default_precision
 from scripts.networks.decoder import CoTrDecoder
-from scripts.synthetic import make_phantom, phantom_to_nifti
+from scripts.data.synthetic import make_phantom, phantom_to_nifti
 
 __all__ = [
     "VARIANTS", "STREAMING_INFERER", "WHOLE_VOLUME_INFERER", "comparison_overrides", "run_benchmark",
@@ -96,7 +96,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 #: the streaming inferer with the settings of ``configs/inference.json``, padding with air as training does
 STREAMING_INFERER: dict[str, Any] = {
-    "_target_": "scripts.streaming.StreamingSegmentationInferer",
+    "_target_": "scripts.engine.streaming.StreamingSegmentationInferer",
     "roi_size": "@patch_size",
     "sw_batch_size": "@sw_batch_size",
     "overlap": "@sw_overlap",
@@ -109,7 +109,7 @@ STREAMING_INFERER: dict[str, Any] = {
 
 #: the inferer before the streaming one: whole-volume logits (padding with air too, so that only the method differs)
 WHOLE_VOLUME_INFERER: dict[str, Any] = {
-    "_target_": "scripts.inferers.FlipTTAInferer",
+    "_target_": "scripts.engine.inferers.FlipTTAInferer",
     "inferer": {
         "_target_": "SlidingWindowInferer",
         "roi_size": "@patch_size",

@@ -9,10 +9,10 @@ batch size, loss, optimiser and sliding-window inferer. In one process on the CP
 - training step: a batch of ``batch_size`` patches through the network, the config's loss (Dice + CE with deep
   supervision), backward, gradient clipping at ``grad_clip_norm`` and the config's optimiser step (what one
   ``SupervisedTrainer`` iteration of the recipe does), random labels;
-- sliding-window inference of a synthetic abdominal CT volume (:func:`scripts.synthetic.make_phantom`,
+- sliding-window inference of a synthetic abdominal CT volume (:func:`scripts.data.synthetic.make_phantom`,
   normalised as in the recipe): the validation inferer (Gaussian, overlap ``sw_overlap``, window = the network's
   patch, ``sw_batch_size`` windows per call), without and with flip test-time augmentation
-  (:class:`scripts.inferers.FlipTTAInferer` over the three axes, 8 passes per window, as ``evaluate.json`` and
+  (:class:`scripts.engine.inferers.FlipTTAInferer` over the three axes, 8 passes per window, as ``evaluate.json`` and
   ``inference.json`` use it).
 
 Each part is run for all networks in turn, round by round when repeated, so that a change in the machine's load
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.atomic import atomic_output
+from scripts.engine.atomic import atomic_output
 from scripts.benchmarks.common import (
     REPO_ROOT,
     format_bytes,
@@ -58,8 +58,8 @@ from scripts.benchmarks.common import (
     times_and_peak_rss,
     update_docs_section,
 )
-from scripts.inferers import FlipTTA, FlipTTAInferer
-from scripts.synthetic import make_phantom
+from scripts.engine.inferers import FlipTTA, FlipTTAInferer
+from scripts.data.synthetic import make_phantom
 
 __all__ = ["NETWORKS", "METRICS", "load_config", "synthetic_volume", "build_network", "run_benchmark"]
 
@@ -149,7 +149,7 @@ def build_network(
         forward: include the forward pass at one training patch (eval, batch 1).
         train: include the training step.
         tta: with ``volume``, include sliding-window inference with flip test-time augmentation.
-        precision: arithmetic of the forward and sliding-window calls (see :class:`scripts.inferers.FlipTTA`).
+        precision: arithmetic of the forward and sliding-window calls (see :class:`scripts.engine.inferers.FlipTTA`).
     """
     label, overlays = NETWORKS[name]
     overrides: dict[str, Any] = {"device": "$torch.device('cpu')", "amp": False, "validate#inferer#progress": True}

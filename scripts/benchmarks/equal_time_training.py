@@ -1,7 +1,7 @@
 """
 Equal-time training of CoTr and MONAI's baselines (SwinUNETR, UNETR, SegResNet, DynUNet) on the synthetic CT
 study, then the held-out mean Dice of each: which network learns most in the same wall-clock time on this machine.
-**Synthetic data** (:func:`scripts.synthetic.generate`, as ``scripts.demo`` uses it), not comparable with BTCV.
+**Synthetic data** (:func:`scripts.data.synthetic.generate`, as ``scripts.apps.demo`` uses it), not comparable with BTCV.
 
 Every network is trained by the bundle's own training workflow: ``configs/train.json`` + ``configs/demo.json``
 (the CPU demo recipe: AdamW, 64x64x32 patches at 3x3x6 mm, batch 2, the full augmentation, Dice + CE with deep
@@ -38,7 +38,7 @@ from scripts.benchmarks.common import (
     update_docs_section,
 )
 from scripts.benchmarks.compare_networks import NETWORKS, load_config
-from scripts.synthetic import generate
+from scripts.data.synthetic import generate
 
 __all__ = ["DEMO_SCALE", "WallClockSchedule", "train_for", "run_equal_time"]
 
@@ -224,7 +224,7 @@ def report(
         "",
         f"`{command} --write_docs` — machine: {machine_line(info)}.",
         "",
-        f"**Synthetic data, not BTCV**: {sum(split.values())} synthetic phantoms of `scripts.synthetic` "
+        f"**Synthetic data, not BTCV**: {sum(split.values())} synthetic phantoms of `scripts.data.synthetic` "
         f"({split['training']} train, {split['validation']} held out), the CPU demo recipe (`configs/train.json` + "
         f"`configs/demo.json`: {optimizer}, {spacing} mm, batch {recipe.get_parsed_content('batch_size')}, the full "
         f"augmentation, Dice + CE with deep supervision for CoTr and DynUNet) with a {patch} patch for every "

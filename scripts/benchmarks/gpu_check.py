@@ -49,7 +49,7 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from scripts.atomic import atomic_output
+from scripts.engine.atomic import atomic_output
 from scripts.benchmarks.common import (
     DOCS_PATH,
     REPO_ROOT,
@@ -65,7 +65,7 @@ from scripts.benchmarks.common import (
     update_docs_section,
 )
 from scripts.networks import ms_deform_attn as msda
-from scripts.streaming import StreamingSegmentationInferer
+from scripts.engine.streaming import StreamingSegmentationInferer
 
 __all__ = [
     "FORWARD_TOLERANCE",

@@ -10,7 +10,7 @@ segmented inside the full volume, and against the ground truth.
 
 Usage::
 
-    python -m scripts.demo                                                  # trains demo/models/model.pt
+    python -m scripts.apps.demo                                                  # trains demo/models/model.pt
     python -m scripts.benchmarks.thin_slab --checkpoint demo/models/model.pt --write_docs True
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from scripts.benchmarks.bench_inference import segmentation_dice
 from scripts.benchmarks.common import REPO_ROOT, machine_info, machine_line, markdown_table, update_docs_section
-from scripts.synthetic import make_phantom, phantom_to_nifti
+from scripts.data.synthetic import make_phantom, phantom_to_nifti
 
 __all__ = ["PADDINGS", "cut_slab", "run_thin_slab"]
 

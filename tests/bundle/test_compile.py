@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from scripts.networks import CoTr
-from scripts.streaming import StreamingSegmentationInferer
+from scripts.engine.streaming import StreamingSegmentationInferer
 
 from .conftest import config_paths
 
@@ -21,9 +21,9 @@ TINY = {"network_def#blocks": [1, 1, 1], "network_def#channels": [8, 16, 24, 24]
         "patch_size": [32, 32, 16], "sw_batch_size": 2, "tta_flip_axes": [0]}
 
 # inference and evaluation freeze the weights into the compiled graph; training must not (its weights change)
-FROZEN = "$@compile_network and scripts.inferers.compile_for_inference(@network)"
+FROZEN = "$@compile_network and scripts.engine.inferers.compile_for_inference(@network)"
 # inference compiles the network it runs: the network itself, or every member of a --ckpt_files ensemble
-FROZEN_INFERENCE = "$@compile_network and scripts.inferers.compile_for_inference(@inference_network)"
+FROZEN_INFERENCE = "$@compile_network and scripts.engine.inferers.compile_for_inference(@inference_network)"
 COMPILE_STEPS = {
     ("inference.json",): FROZEN_INFERENCE,
     ("train.json", "evaluate.json"): FROZEN,

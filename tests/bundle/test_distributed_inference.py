@@ -2,7 +2,7 @@
 Cohort inference over several processes and nodes (``configs/multi_gpu_inference.json``), resumable runs
 (``--skip_existing True``) and sharded evaluation (``configs/multi_gpu_evaluate.json``).
 
-The fast tests run the ranks of :class:`scripts.infer_folder.InferenceInputs` as threads of this process, exchanging
+The fast tests run the ranks of :class:`scripts.engine.infer_folder.InferenceInputs` as threads of this process, exchanging
 their values through an emulated ``all_gather_object``; the slow ones launch ``torchrun`` with Gloo on the CPU and
 compare every output with a single-process run of the same cases.
 """
@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 import torch
 
-import scripts.infer_folder as infer_folder
-from scripts.infer_folder import InferenceInputs, InputError, output_path, shard_cases
+import scripts.engine.infer_folder as infer_folder
+from scripts.engine.infer_folder import InferenceInputs, InputError, output_path, shard_cases
 from tests.reliability.conftest import AFFINE, ct_image, workflow, write_nifti
 
 from .conftest import BUNDLE_ROOT, CONFIGS, config_paths
@@ -257,7 +257,7 @@ OVERLAYS = [
 def test_the_overlays_keep_workflow_properties_and_checked_values(files, workflow_type, synthetic_study, monkeypatch):
     from monai.bundle import ConfigWorkflow
 
-    from scripts.config_check import check_config
+    from scripts.engine.config_check import check_config
 
     monkeypatch.setenv("RANK", "1")  # as torchrun sets it: rank 1 shows no progress bars
     runner = ConfigWorkflow(
@@ -486,7 +486,7 @@ def _table(path: str) -> list[list[str]]:
 def test_sharded_evaluation_writes_what_one_process_writes(tmp_path):
     from monai.bundle import ConfigParser
 
-    from scripts.synthetic import generate
+    from scripts.data.synthetic import generate
 
     study = str(tmp_path / "study")
     generate(study, num_cases=4, shape=(64, 64, 24), spacing=(3.0, 3.0, 6.0), seed=5, val_fraction=0.75)

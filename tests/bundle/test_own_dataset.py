@@ -19,7 +19,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.synthetic import generate_msd
+from scripts.data.synthetic import generate_msd
 
 from .conftest import BUNDLE_ROOT, config_paths, run_cli
 
@@ -41,10 +41,10 @@ def test_prepare_fingerprint_finetune_evaluate_and_measure(tmp_path):
     data = tmp_path / "Task05_Synthetic"
     generate_msd(str(data), num_cases=4, num_test=1, shape=(64, 64, 24), spacing=(1.2, 1.2, 4.5), seed=11)
     datalist = tmp_path / "datalist.json"
-    out = _script("scripts.prepare_dataset", "msd", "--data_dir", str(data), "--output", str(datalist))
+    out = _script("scripts.data.prepare_dataset", "msd", "--data_dir", str(data), "--output", str(datalist))
     assert "training 3, validation 1, testing 1 cases" in out
     datasets = tmp_path / "datasets"
-    out = _script("scripts.fingerprint", "--datalist", str(datalist), "--name", "synthetic", "--output_dir", str(datasets))
+    out = _script("scripts.data.fingerprint", "--datalist", str(datalist), "--name", "synthetic", "--output_dir", str(datasets))
     overlay, meta = datasets / "synthetic.json", datasets / "synthetic_metadata.json"
     assert f"wrote {overlay} and {meta}: 4 cases, 3 classes" in out
     fingerprint = json.load(open(overlay))

@@ -132,7 +132,7 @@ def _write_dicom_series(volume_xyz: np.ndarray, folder: str) -> None:
 
 
 def test_inference_reads_a_dicom_series(trained, tmp_path):
-    from scripts.dicom import read_series_reference
+    from scripts.data.dicom import read_series_reference
 
     series = tmp_path / "dicom" / "case01"
     series.mkdir(parents=True)

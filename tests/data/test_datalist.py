@@ -1,4 +1,4 @@
-"""Tests of ``scripts/datalist.py``: pair checks, datalist validation, atomic JSON writing and splits."""
+"""Tests of ``scripts/data/datalist.py``: pair checks, datalist validation, atomic JSON writing and splits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import (
+from scripts.data.datalist import (
     BTCV_LABELS,
     PAPER_TRAIN_CASES,
     PAPER_VAL_CASES,

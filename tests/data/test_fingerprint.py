@@ -11,10 +11,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.config_check import check_config
-from scripts.fingerprint import anisotropic_target_spacing, fingerprint, fit_patch_size
-from scripts.prepare_dataset import prepare_msd
-from scripts.synthetic import generate_msd
+from scripts.engine.config_check import check_config
+from scripts.data.fingerprint import anisotropic_target_spacing, fingerprint, fit_patch_size
+from scripts.data.prepare_dataset import prepare_msd
+from scripts.data.synthetic import generate_msd
 
 from ..conftest import BUNDLE_ROOT
 

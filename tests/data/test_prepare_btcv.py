@@ -1,4 +1,4 @@
-"""Tests of ``scripts/prepare_btcv.py`` on fake BTCV RawData folders of tiny files."""
+"""Tests of ``scripts/data/prepare_btcv.py`` on fake BTCV RawData folders of tiny files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from scripts.datalist import BTCV_LABELS, DataValidationError
-from scripts.prepare_btcv import find_btcv_cases, prepare_btcv
+from scripts.data.datalist import BTCV_LABELS, DataValidationError
+from scripts.data.prepare_btcv import find_btcv_cases, prepare_btcv
 from tests.data.test_datalist import write_nifti
 
 BTCV_CASES = list(range(1, 11)) + list(range(21, 41))
@@ -147,7 +147,7 @@ def test_missing_layout_gives_hint(tmp_path):
 def test_cli(tmp_path):
     data_dir = fake_rawdata(tmp_path / "RawData", cases=range(1, 7))
     out = tmp_path / "dl.json"
-    cmd = [sys.executable, "-m", "scripts.prepare_btcv", "--data_dir", data_dir, "--output", str(out)]
+    cmd = [sys.executable, "-m", "scripts.data.prepare_btcv", "--data_dir", data_dir, "--output", str(out)]
     result = subprocess.run(cmd + ["--split", "kfold", "--num_folds", "3"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(out.read_text())["validation"]) == 2

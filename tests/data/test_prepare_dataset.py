@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import DataValidationError
-from scripts.prepare_dataset import match_pairs, parse_msd_labels, prepare_folder, prepare_msd
-from scripts.synthetic import generate_msd
+from scripts.data.datalist import DataValidationError
+from scripts.data.prepare_dataset import match_pairs, parse_msd_labels, prepare_folder, prepare_msd
+from scripts.data.synthetic import generate_msd
 
 from ..conftest import BUNDLE_ROOT
 
@@ -101,7 +101,7 @@ def test_glob_patterns_pair_files_by_their_wildcards(msd, tmp_path):
 def test_cli_writes_the_datalist(msd, tmp_path):
     output = tmp_path / "datalist.json"
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.prepare_dataset", "msd", "--data_dir", str(msd), "--output", str(output)],
+        [sys.executable, "-m", "scripts.data.prepare_dataset", "msd", "--data_dir", str(msd), "--output", str(output)],
         cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -115,7 +115,7 @@ def test_cli_reports_bad_data_without_a_traceback(msd, tmp_path):
     _write_spec(msd, spec)
     output = tmp_path / "datalist.json"
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.prepare_dataset", "msd", "--data_dir", str(msd), "--output", str(output)],
+        [sys.executable, "-m", "scripts.data.prepare_dataset", "msd", "--data_dir", str(msd), "--output", str(output)],
         cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""Tests of ``scripts/synthetic.py``: phantom content, NIfTI geometry on disk and loading through MONAI."""
+"""Tests of ``scripts/data/synthetic.py``: phantom content, NIfTI geometry on disk and loading through MONAI."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from scripts.datalist import BTCV_LABELS, validate_datalist
-from scripts.synthetic import CASE_AXCODES, ORGAN_HU, generate, make_phantom, phantom_to_nifti
+from scripts.data.datalist import BTCV_LABELS, validate_datalist
+from scripts.data.synthetic import CASE_AXCODES, ORGAN_HU, generate, make_phantom, phantom_to_nifti
 
 SMALL = (48, 48, 24)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -181,7 +181,7 @@ def test_generate_refuses_non_empty_and_overwrite_replaces(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "scripts.synthetic", "btcv", "--output_dir", str(out), "--num_cases", "2"]
+    cmd = [sys.executable, "-m", "scripts.data.synthetic", "btcv", "--output_dir", str(out), "--num_cases", "2"]
     result = subprocess.run(cmd + ["--shape", "[16,16,8]"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "[2/2] Training/img/img0002.nii.gz" in result.stdout

@@ -15,7 +15,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.checkpoint import (
+from scripts.engine.checkpoint import (
     AtomicCheckpointSaver,
     CheckpointError,
     CheckpointLoader,
@@ -59,7 +59,7 @@ sys.path.insert(0, {root!r})
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
-from scripts.checkpoint import AtomicCheckpointSaver
+from scripts.engine.checkpoint import AtomicCheckpointSaver
 
 saver_class = {{"monai": CheckpointSaver, "ours": AtomicCheckpointSaver}}[{which!r}]
 net = torch.nn.Linear(4, 2)
@@ -128,9 +128,9 @@ def test_configs_use_the_atomic_writers():
     handlers = parser["train"]["handlers"] + [parser["validate"]["best_model_saver"]]
     savers = [h["_target_"] for h in handlers if "CheckpointSaver" in h["_target_"]]
     assert savers == [
-        "scripts.checkpoint.AtomicCheckpointSaver",
-        "scripts.checkpoint.ResumableCheckpointSaver",
-        "scripts.checkpoint.AtomicCheckpointSaver",
+        "scripts.engine.checkpoint.AtomicCheckpointSaver",
+        "scripts.engine.checkpoint.ResumableCheckpointSaver",
+        "scripts.engine.checkpoint.AtomicCheckpointSaver",
     ]
     assert parser["validate"]["handlers"][2] == "@validate#best_model_saver"
     saver = parser.get_parsed_content("validate#best_model_saver")
@@ -140,7 +140,7 @@ def test_configs_use_the_atomic_writers():
         parser = ConfigParser()
         parser.read_config(config_paths(*files))
         writers = [t["writer"] for t in parser[key]["transforms"] if t["_target_"] == "SaveImaged"]
-        assert writers == ["scripts.infer_folder.AtomicNibabelWriter"], files
+        assert writers == ["scripts.engine.infer_folder.AtomicNibabelWriter"], files
 
 
 def test_handler_indices_the_configs_rely_on():
@@ -153,14 +153,14 @@ def test_handler_indices_the_configs_rely_on():
     parser.read_config(config_paths("train.json", "demo.json"))
     handlers = parser["train"]["handlers"]
     targets = [h["_target_"] for h in handlers]
-    assert targets[0] == "scripts.checkpoint.ResumeTraining"  # every rank restores the state
+    assert targets[0] == "scripts.engine.checkpoint.ResumeTraining"  # every rank restores the state
     assert targets[-6:] == [
-        "scripts.checkpoint.AtomicCheckpointSaver",
-        "scripts.checkpoint.ResumableCheckpointSaver",
+        "scripts.engine.checkpoint.AtomicCheckpointSaver",
+        "scripts.engine.checkpoint.ResumableCheckpointSaver",
         "StatsHandler",
         "TensorBoardStatsHandler",
         "ignite.handlers.ProgressBar",
-        "scripts.report.TrainingCurvesHandler",
+        "scripts.reports.evaluation.TrainingCurvesHandler",
     ]
     # one SummaryWriter by id, so that a handler MONAI Label inserts into the list cannot shift what is flushed
     assert handlers[-1]["writers"] == ["@tensorboard_writer"]
@@ -245,7 +245,7 @@ def test_configs_load_checkpoints_through_the_safe_loader_with_map_location():
         parser = ConfigParser()
         parser.read_config(config_paths(*files))
         loader = parser[key]
-        assert loader["_target_"] == "scripts.checkpoint.CheckpointLoader" and loader["map_location"] == "@device", files
+        assert loader["_target_"] == "scripts.engine.checkpoint.CheckpointLoader" and loader["map_location"] == "@device", files
     parser = ConfigParser()
     parser.read_config(config_paths("train.json"))
     assert parser["train"]["handlers"][0]["map_location"] == "@device"
@@ -364,12 +364,12 @@ def test_wrapped_checkpoint_loads_with_identical_weights(tmp_path, caplog, wrap,
     torch.save(wrap(source, tmp_path), path)
     network = _network()
     assert not all(torch.equal(network.state_dict()[k], v) for k, v in expected.items())  # fresh weights
-    with caplog.at_level(logging.INFO, logger="scripts.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="scripts.engine.checkpoint"):
         check_checkpoint(path, network)  # the configs' initialize: accepted
         unwrapped = unwrap_network_state(load_checkpoint(path), network, path)
         CheckpointLoader(load_path=path, load_dict={"model": network}, map_location="cpu")(_engine())  # evaluator
     line = f"checkpoint {path}: " + "; ".join(step.format(n=len(expected)) for step in steps)
-    assert [r.getMessage() for r in caplog.records if r.name == "scripts.checkpoint"] == [line] * 3
+    assert [r.getMessage() for r in caplog.records if r.name == "scripts.engine.checkpoint"] == [line] * 3
     loaded = network.state_dict()
     assert list(unwrapped) == list(loaded) == list(expected)
     assert all(torch.equal(unwrapped[k], v) and torch.equal(loaded[k], v) for k, v in expected.items())
@@ -404,7 +404,7 @@ def test_a_partial_prefix_is_not_removed(tmp_path, caplog):
     path = str(tmp_path / "model.pt")
     torch.save(mixed, path)
     network = _network()
-    with caplog.at_level(logging.INFO, logger="scripts.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="scripts.engine.checkpoint"):
         assert unwrap_network_state(load_checkpoint(path), network, path).keys() == mixed.keys()
         for load in (
             lambda: check_checkpoint(path, network),
@@ -415,7 +415,7 @@ def test_a_partial_prefix_is_not_removed(tmp_path, caplog):
             message = str(raised.value)
             assert f"{len(state) // 2} of its {len(state)} parameter names carry the 'module.' prefix" in message
             assert "model.module.state_dict()" in message
-    assert not [r for r in caplog.records if r.name == "scripts.checkpoint"]
+    assert not [r for r in caplog.records if r.name == "scripts.engine.checkpoint"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

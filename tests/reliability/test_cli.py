@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.checkpoint import load_checkpoint
+from scripts.engine.checkpoint import load_checkpoint
 
 from .conftest import BUNDLE_ROOT, config_paths, run_bundle, workflow, write_nifti
 

@@ -22,7 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )  # fmt: skip
 
-from scripts.dicom import (
+from scripts.data.dicom import (
     DicomSeriesError, DicomSeriesReader, find_series, is_dicom_file, read_series, read_series_reference, resolve_series,
 )  # fmt: skip
 
@@ -123,7 +123,7 @@ def test_clean_series_reads_as_itk_reads_it(tmp_path, capfd):
 
 #: the configs' LoadImaged for NIfTI files and DICOM series alike: NibabelReader, listed last, is tried first
 LOAD_IMAGED = {"_target_": "LoadImaged", "keys": "image", "image_only": True,
-               "reader": ["scripts.dicom.DicomSeriesReader", "NibabelReader"]}  # fmt: skip
+               "reader": ["scripts.data.dicom.DicomSeriesReader", "NibabelReader"]}  # fmt: skip
 
 
 def test_load_imaged_reads_nifti_and_dicom_series_through_inference_transforms(tmp_path, capfd):
@@ -326,7 +326,7 @@ def test_warnings_are_logged_not_printed(tmp_path, caplog, capfd):
     series = resolve_series(folder)
     assert series.problems == [] and len(series.warnings) == 1
     assert "SliceThickness 5 mm differs from the 2.5 mm step" in series.warnings[0]
-    with caplog.at_level(logging.WARNING, logger="scripts.dicom"):
+    with caplog.at_level(logging.WARNING, logger="scripts.data.dicom"):
         LoadImage(reader=DicomSeriesReader, image_only=True)(folder)
     assert series.warnings[0] in caplog.messages
     assert capfd.readouterr() == ("", "")

@@ -1,6 +1,6 @@
 """
 Refusals read as ``error: <message>`` with exit status 2, bugs keep their traceback: the excepthook of
-:mod:`scripts.errors` on exception chains built by MONAI's config evaluation and ignite, and through the real CLI.
+:mod:`scripts.engine.errors` on exception chains built by MONAI's config evaluation and ignite, and through the real CLI.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from ignite.engine import Engine
 from monai.bundle import ConfigExpression, ConfigParser
 from monai.handlers import StatsHandler
 
-from scripts.checkpoint import CheckpointError
-from scripts.config_check import check_config
-from scripts.errors import (
+from scripts.engine.checkpoint import CheckpointError
+from scripts.engine.config_check import check_config
+from scripts.engine.errors import (
     DEBUG_HINT,
     EXIT_USER_ERROR,
     ErrorHandler,
@@ -30,7 +30,7 @@ from scripts.errors import (
 
 from .conftest import CONFIGS, config_paths, run_bundle
 
-INSTALL = "$scripts.errors.install_error_handler(@debug)"
+INSTALL = "$scripts.engine.errors.install_error_handler(@debug)"
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +117,7 @@ def test_a_component_refusing_its_arguments(capsys):
     """MONAI's "Failed to instantiate" wrapper."""
     parser = ConfigParser(
         {
-            "saver": {"_target_": "scripts.checkpoint.ResumableCheckpointSaver", "save_dir": ".", "save_dict": {},
+            "saver": {"_target_": "scripts.engine.checkpoint.ResumableCheckpointSaver", "save_dir": ".", "save_dict": {},
                       "interval": -1},
             "initialize": ["$@saver.attach"],
         }
@@ -244,7 +244,7 @@ def test_install_and_debug(capsys, monkeypatch):
 def _errors_overlay(tmp_path) -> str:
     """configs/inference.json's own imports and initialize list with the handler installed first."""
     config = json.load(open(os.path.join(CONFIGS, "inference.json")))
-    imports = [i for i in config["imports"] if i != "$import scripts.errors"] + ["$import scripts.errors"]
+    imports = [i for i in config["imports"] if i != "$import scripts.engine.errors"] + ["$import scripts.engine.errors"]
     initialize = [INSTALL] + [item for item in config["initialize"] if item != INSTALL]
     path = tmp_path / "errors.json"
     path.write_text(json.dumps({"imports": imports, "debug": config.get("debug", False), "initialize": initialize}))

@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import DataValidationError, check_image_label_pair, validate_datalist
-from scripts.geometry import (
+from scripts.data.datalist import DataValidationError, check_image_label_pair, validate_datalist
+from scripts.data.geometry import (
     MAX_SPACING_MM,
     MIN_SPACING_MM,
     NiftiHeaderWarning,
@@ -115,7 +115,7 @@ def test_qform_only_and_nifti2_pass(tmp_path):
 
 
 def test_synthetic_phantom_passes():
-    from scripts.synthetic import phantom_to_nifti
+    from scripts.data.synthetic import phantom_to_nifti
 
     image, label = phantom_to_nifti(ct_image(), organ_label(), spacing=(0.7, 0.7, 2.5), axcodes="PLS")
     assert check_nifti_geometry(image, "image") == [] and check_nifti_geometry(label, "label") == []
@@ -313,7 +313,7 @@ def test_check_affine_for_other_readers():
 
 
 def test_inference_sets_aside_an_image_without_geometry(tmp_path):
-    from scripts.infer_folder import check_image
+    from scripts.engine.infer_folder import check_image
 
     path = _patch_header(write_nifti(tmp_path / "img.nii.gz", ct_image()), qform_code=0, sform_code=0)
     _only(check_image(path), path, "qform_code and sform_code are both 0")
@@ -373,7 +373,7 @@ def test_prepare_dataset_cli_refuses_a_header_without_geometry(tmp_path):
     bad = _patch_header(str(tmp_path / "ct" / "1_img.nii.gz"), qform_code=0, sform_code=0, pixdim3=0.0)
     output = tmp_path / "datalist.json"
     command = [
-        sys.executable, "-m", "scripts.prepare_dataset", "folder", "--images", str(tmp_path / "ct" / "*_img.nii.gz"),
+        sys.executable, "-m", "scripts.data.prepare_dataset", "folder", "--images", str(tmp_path / "ct" / "*_img.nii.gz"),
         "--labels", str(tmp_path / "seg" / "*_mask.nii.gz"), "--label_names", "['background','liver']",
         "--output", str(output),
     ]
@@ -386,7 +386,7 @@ def test_prepare_dataset_cli_refuses_a_header_without_geometry(tmp_path):
 
 
 def test_prepare_btcv_refuses_a_header_without_geometry(tmp_path):
-    from scripts.prepare_btcv import prepare_btcv
+    from scripts.data.prepare_btcv import prepare_btcv
 
     for case in (1, 2, 3):
         write_nifti(tmp_path / "Training" / "img" / f"img{case:04d}.nii.gz", ct_image(seed=case))
@@ -400,7 +400,7 @@ def test_prepare_btcv_refuses_a_header_without_geometry(tmp_path):
 
 
 def test_an_analyze_file_is_refused_for_its_missing_orientation(tmp_path):
-    from scripts.datalist import check_image_label_pair
+    from scripts.data.datalist import check_image_label_pair
 
     path = str(tmp_path / "old.hdr")
     nib.save(nib.AnalyzeImage(np.full((8, 8, 4), 40, np.int16), np.diag([2.0, 2.0, 4.0, 1.0])), path)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.infer_folder import AtomicNibabelWriter, InferenceInputs, InputError, output_path
+from scripts.engine.infer_folder import AtomicNibabelWriter, InferenceInputs, InputError, output_path
 
 from .conftest import ct_image, write_nifti
 
@@ -323,7 +323,7 @@ def test_a_case_that_fails_while_running_is_reported_and_the_others_are_segmente
 def test_dicom_series_are_cases_and_get_measurements_and_overlays(tmp_path, demo_network, capsys):
     import torch
 
-    from scripts.dicom import read_series_reference
+    from scripts.data.dicom import read_series_reference
 
     from .conftest import workflow
     from .test_dicom import _positions, write_series

@@ -1,0 +1,1 @@
+"""Apps: the demo and the MONAI Label server."""

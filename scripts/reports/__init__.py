@@ -1,0 +1,1 @@
+"""Reports: evaluation report, training curves, overlays, measurements, DICOM-SEG output, architecture figure."""
