@@ -214,6 +214,6 @@ def serve(
 
 
 if __name__ == "__main__":
-    from scripts.data.datalist import run_data_cli
+    from scripts.data.checks import run_data_cli
 
     run_data_cli(serve)

@@ -42,7 +42,9 @@ import numpy as np
 from monai.apps.auto3dseg import DataAnalyzer
 from monai.utils.enums import DataStatsKeys, ImageStatsKeys
 
-from scripts.data.datalist import read_datalist, run_data_cli, write_json_atomic
+from scripts.data.checks import run_data_cli
+from scripts.data.datalist import read_datalist
+from scripts.engine.atomic import write_json_atomic
 
 __all__ = [
     "BUNDLE_ROOT",

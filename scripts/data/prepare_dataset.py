@@ -1,5 +1,13 @@
 """
-Write the datalist JSON of a user's own labelled dataset, from either layout:
+Write the datalist JSON of a labelled dataset, from one of three layouts:
+
+- ``btcv``: the "RawData" folder of the Synapse BTCV download::
+
+      RawData/Training/img/img0001.nii.gz     RawData/Training/label/label0001.nii.gz   (30 labelled cases)
+      RawData/Testing/img/img0061.nii.gz      (optional, unlabelled)
+
+  with BTCV's label table (:data:`scripts.data.labels.BTCV_LABELS`) and its fixed ``paper`` split by default;
+  ``python -m scripts.data.prepare_btcv`` is the same command.
 
 - ``msd``: a Medical Segmentation Decathlon or nnU-Net raw dataset folder::
 
@@ -12,8 +20,8 @@ Write the datalist JSON of a user's own labelled dataset, from either layout:
   so ``--images "ct/*_img.nii.gz" --labels "seg/*_mask.nii.gz"`` pairs ``ct/007_img.nii.gz`` with
   ``seg/007_mask.nii.gz``.
 
-Every file is checked with the same validation as the BTCV preparation
-(:func:`scripts.data.datalist.check_image_label_pair`), plus what a foreign dataset gets wrong: label values that
+Every file is checked with :func:`scripts.data.checks.check_image_label_pair`, plus, for ``msd`` and ``folder``,
+what a foreign dataset gets wrong: label values that
 ``dataset.json`` does not declare, declared labels with gaps, a file list that disagrees with the folder,
 several image channels for a one-channel network, a single case, and images of mixed modality. All problems
 are reported together, by file, before anything is written. The datalist's paths are relative to the dataset
@@ -21,6 +29,7 @@ folder, its ``labels`` and ``modality`` are what :mod:`scripts.data.fingerprint`
 
 Usage::
 
+    python -m scripts.data.prepare_dataset btcv --data_dir /data/RawData --output /data/RawData/datalist.json
     python -m scripts.data.prepare_dataset msd --data_dir /data/Task09_Spleen --output /data/Task09_Spleen/datalist.json
     python -m scripts.data.prepare_dataset folder --images "/data/ct/*_img.nii.gz" --labels "/data/ct/*_seg.nii.gz" \\
         --label_names "['background','liver','tumour']" --output datalist.json --split kfold --fold 0
@@ -36,23 +45,20 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scripts.data.datalist import (
-    DataValidationError,
-    NonHUIntensityWarning,
-    check_image_label_pair,
-    describe_split,
-    make_datalist,
-    run_data_cli,
-    split_cases,
-    write_json_atomic,
-)
+from scripts.data.checks import DataValidationError, NonHUIntensityWarning, check_image_label_pair, run_data_cli
+from scripts.data.datalist import make_datalist
+from scripts.data.labels import BTCV_LABELS
+from scripts.data.splits import SPLITS, describe_split, split_cases
+from scripts.engine.atomic import write_json_atomic
 
-__all__ = ["prepare_msd", "prepare_folder", "parse_msd_labels", "match_pairs"]
+__all__ = ["prepare_btcv", "prepare_msd", "prepare_folder", "find_btcv_cases", "parse_msd_labels", "match_pairs"]
 
 #: the splits a dataset other than BTCV can use (BTCV's fixed "paper" split needs its case numbers)
 DATASET_SPLITS = ("random", "kfold")
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_IMG_RE = re.compile(r"^img(\d+)(\.nii(?:\.gz)?)$")
+_LABEL_RE = re.compile(r"^label(\d+)(\.nii(?:\.gz)?)$")
 
 
 def _strip_ending(name: str, ending: str | None = None) -> str | None:
@@ -195,13 +201,18 @@ def _extra_channel_files(data_dir: str, cases: Mapping[str, tuple[str, str]], in
 
 
 def _check_pairs(
-    data_dir: str, pairs: Sequence[tuple[str, str | None]], num_classes: int, modality: str
+    data_dir: str, pairs: Sequence[tuple[str, str | None]], num_classes: int, modality: str | None
 ) -> list[str]:
     """
     Validate every (image, label) pair (paths relative to ``data_dir``) and the modality of the images: a CT
     dataset whose image does not look like Hounsfield units, or a dataset whose images are a mix of HU-like and
-    non-HU images, is a problem naming the files.
+    non-HU images, is a problem naming the files. ``modality`` None (BTCV, raw CT by construction): the pairs are
+    checked one by one and a non-HU image is only a warning.
     """
+    if modality is None:
+        return [p for image, label in pairs for p in check_image_label_pair(
+            os.path.join(data_dir, image), None if label is None else os.path.join(data_dir, label), num_classes
+        )]
     problems: list[str] = []
     hu_like, not_hu = [], []
     for image, label in pairs:
@@ -232,33 +243,41 @@ def _check_pairs(
     return problems
 
 
-def _split_and_write(
+def _split(
+    cases: Mapping[Any, tuple[str, str | None]], split: str, seed: int, val_fraction: float, num_folds: int, fold: int
+) -> tuple[list[Any], list[Any]]:
+    """
+    The training and validation cases (keys of ``cases``) of :func:`scripts.data.splits.split_cases`: BTCV's
+    integer case numbers are split as they are (its ``paper`` split names them), other cases by their position
+    in name order.
+    """
+    names = sorted(cases)
+    ids = names if all(isinstance(n, int) for n in names) else list(range(len(names)))
+    train, val = split_cases(ids, split=split, seed=seed, val_fraction=val_fraction, num_folds=num_folds, fold=fold)
+    by_id = dict(zip(ids, names))
+    return [by_id[i] for i in train], [by_id[i] for i in val]
+
+
+def _write(
     data_dir: str,
-    cases: Mapping[str, tuple[str, str]],
+    cases: Mapping[Any, tuple[str, str | None]],
+    split_cases_: tuple[list[Any], list[Any]],
     testing: Sequence[str],
     label_names: Mapping[int, str],
     modality: str,
     description: str,
     output: str,
-    split: str,
-    seed: int,
-    val_fraction: float,
-    num_folds: int,
-    fold: int,
+    how: str,
     overwrite: bool,
 ) -> str:
-    """Split the cases, write the datalist atomically and print a summary; returns the datalist path."""
-    names = sorted(cases)
-    train_idx, val_idx = split_cases(
-        range(len(names)), split=split, seed=seed, val_fraction=val_fraction, num_folds=num_folds, fold=fold
-    )
+    """Write the datalist of the split cases atomically and print a summary; returns the datalist path."""
 
-    def items(indices: list[int]) -> list[dict]:
-        return [{"image": cases[names[i]][0], "label": cases[names[i]][1]} for i in indices]
+    def items(selected: list[Any]) -> list[dict]:
+        return [{"image": cases[c][0], "label": cases[c][1]} for c in selected]
 
-    how = describe_split(split, seed, val_fraction, num_folds, fold)
+    train, val = split_cases_
     datalist = make_datalist(
-        items(train_idx), items(val_idx), [{"image": t} for t in testing], label_names, description, how, modality
+        items(train), items(val), [{"image": t} for t in testing], label_names, description, how, modality
     )
     datalist["dataset_dir"] = data_dir  # where the relative paths start, for scripts.data.fingerprint
     write_json_atomic(datalist, output, overwrite=overwrite)
@@ -269,11 +288,19 @@ def _split_and_write(
 
 
 def _check_common(
-    source: str, num_cases: int, split: str, output: str, overwrite: bool, in_channels: int, channels: Sequence[str]
+    source: str,
+    num_cases: int,
+    split: str,
+    output: str,
+    overwrite: bool,
+    in_channels: int,
+    channels: Sequence[str],
+    splits: Sequence[str] = DATASET_SPLITS,
 ) -> None:
-    """The checks made before reading any image: output, split, channel count and the number of cases."""
-    if split not in DATASET_SPLITS:
-        raise ValueError(f"split must be one of {DATASET_SPLITS} for a dataset other than BTCV, got {split!r}.")
+    """The checks made before reading any image: output, split (one of ``splits``), channels, number of cases."""
+    if split not in splits:
+        other = "" if "paper" in splits else " for a dataset other than BTCV"
+        raise ValueError(f"split must be one of {tuple(splits)}{other}, got {split!r}.")
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite True to replace it.")
     problems = []
@@ -290,6 +317,105 @@ def _check_common(
         )
     if problems:
         raise DataValidationError(problems, header=f"{source} cannot be trained on")
+
+
+def _scan(folder: str, pattern: re.Pattern) -> dict[int, str]:
+    """case number -> file name for the files of ``folder`` matching ``pattern``."""
+    found: dict[int, str] = {}
+    if not os.path.isdir(folder):
+        return found
+    for name in sorted(os.listdir(folder)):
+        m = pattern.match(name)
+        if m:
+            found[int(m.group(1))] = name
+    return found
+
+
+def find_btcv_cases(data_dir: str) -> tuple[dict[int, tuple[str, str | None]], dict[int, str], list[str]]:
+    """
+    Find the BTCV cases of a RawData folder.
+
+    Args:
+        data_dir: the RawData folder.
+
+    Returns:
+        ``(training, testing, problems)``: case number -> (image, label) paths relative to ``data_dir``
+        (label None when missing), case number -> test image path, and layout problems (missing labels,
+        labels without an image), each ``"<file path>: <problem>"``.
+
+    Raises:
+        FileNotFoundError: when ``data_dir/Training/img`` does not exist or holds no ``img*.nii[.gz]``.
+    """
+    img_dir = os.path.join(data_dir, "Training", "img")
+    images = _scan(img_dir, _IMG_RE)
+    if not images:
+        hint = ""
+        if os.path.isdir(os.path.join(data_dir, "RawData")):
+            hint = f" Did you mean --data_dir {os.path.join(data_dir, 'RawData')}?"
+        raise FileNotFoundError(
+            f"no BTCV training images (Training/img/img*.nii.gz) found in {data_dir}; expected the Synapse "
+            f"'RawData' layout Training/img, Training/label and optionally Testing/img.{hint}"
+        )
+    labels = _scan(os.path.join(data_dir, "Training", "label"), _LABEL_RE)
+    problems: list[str] = []
+    training: dict[int, tuple[str, str | None]] = {}
+    for case, name in images.items():
+        image = f"Training/img/{name}"
+        label = labels.get(case)
+        if label is None:
+            problems.append(f"{os.path.join(data_dir, image)}: no label file Training/label/label{case:04d}.nii.gz")
+        training[case] = (image, None if label is None else f"Training/label/{label}")
+    for case in sorted(set(labels) - set(images)):
+        problems.append(f"{os.path.join(data_dir, 'Training', 'label', labels[case])}: label without an image")
+    testing = {c: f"Testing/img/{n}" for c, n in _scan(os.path.join(data_dir, "Testing", "img"), _IMG_RE).items()}
+    return training, testing, problems
+
+
+def prepare_btcv(
+    data_dir: str,
+    output: str | None = None,
+    split: str = "paper",
+    seed: int = 0,
+    val_fraction: float = 0.3,
+    num_folds: int = 5,
+    fold: int = 0,
+    overwrite: bool = False,
+) -> str:
+    """
+    Validate a BTCV RawData folder and write its datalist JSON (paths relative to ``data_dir``).
+
+    Args:
+        data_dir: the Synapse BTCV "RawData" folder (``Training/img``, ``Training/label``, optional ``Testing/img``).
+        output: datalist JSON to write; default ``./datalist_btcv.json`` in the current directory (nothing is
+            written into ``data_dir`` unless asked for).
+        split: ``"paper"`` (train 1-10 and 21-31, validation 32-40), ``"random"`` or ``"kfold"``;
+            see :func:`scripts.data.splits.split_cases`.
+        seed: random seed of the ``"random"`` and ``"kfold"`` splits.
+        val_fraction: held-out fraction of the ``"random"`` split.
+        num_folds: number of folds of the ``"kfold"`` split.
+        fold: held-out fold of the ``"kfold"`` split.
+        overwrite: replace an existing ``output``.
+
+    Returns:
+        the absolute path of the datalist written.
+
+    Raises:
+        DataValidationError: listing every problem of every file; nothing is written then.
+        FileExistsError: ``output`` exists and ``overwrite`` is False.
+    """
+    data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+    output = os.path.abspath(os.path.expanduser(str(output or os.path.join(os.getcwd(), "datalist_btcv.json"))))
+    training, testing, problems = find_btcv_cases(data_dir)
+    _check_common(data_dir, len(training), split, output, overwrite, 1, ["CT"], SPLITS)
+    train_val = _split(training, split, seed, val_fraction, num_folds, fold)
+    labelled = [pair for pair in training.values() if pair[1] is not None]
+    problems += _check_pairs(data_dir, labelled + [(t, None) for t in testing.values()], len(BTCV_LABELS), None)
+    if problems:
+        raise DataValidationError(problems, header=f"BTCV data in {data_dir} failed validation")
+    description = "BTCV multi-organ CT (Synapse RawData); paths relative to the dataset folder"
+    how = describe_split(split, seed, val_fraction, num_folds, fold)
+    tests = [testing[c] for c in sorted(testing)]
+    return _write(data_dir, training, train_val, tests, BTCV_LABELS, "CT", description, output, how, overwrite)
 
 
 def prepare_msd(
@@ -310,7 +436,7 @@ def prepare_msd(
         data_dir: the folder holding ``dataset.json``, ``imagesTr``, ``labelsTr`` and optionally ``imagesTs``.
         output: datalist JSON to write; default ``./datalist_<folder name>.json`` in the current directory
             (nothing is written into ``data_dir`` unless asked for).
-        split: ``"random"`` or ``"kfold"``; see :func:`scripts.data.datalist.split_cases`.
+        split: ``"random"`` or ``"kfold"``; see :func:`scripts.data.splits.split_cases`.
         seed: random seed of the split.
         val_fraction: held-out fraction of the ``"random"`` split.
         num_folds: number of folds of the ``"kfold"`` split.
@@ -344,6 +470,7 @@ def prepare_msd(
     problems: list[str] = []
     cases = _msd_cases(data_dir, spec, source, problems)
     _check_common(source, len(cases), split, output, overwrite, in_channels, channels)
+    train_val = _split(cases, split, seed, val_fraction, num_folds, fold)
     problems += _extra_channel_files(data_dir, cases, in_channels)
     testing = [f"imagesTs/{n}" for n in _list_nifti(os.path.join(data_dir, "imagesTs"), spec.get("file_ending")).values()]
     pairs = [(image, label) for image, label in cases.values() if os.path.isfile(os.path.join(data_dir, image))]
@@ -356,10 +483,8 @@ def prepare_msd(
             f"({', '.join(str(v) for v in sorted(label_names))}). Fix the files listed above, then run this again.",
         )
     description = str(spec.get("description") or spec.get("name") or name)
-    return _split_and_write(
-        data_dir, cases, testing, label_names, channels[0], description, output, split, seed, val_fraction,
-        num_folds, fold, overwrite,
-    )
+    how = describe_split(split, seed, val_fraction, num_folds, fold)
+    return _write(data_dir, cases, train_val, testing, label_names, channels[0], description, output, how, overwrite)
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:
@@ -447,6 +572,7 @@ def prepare_folder(
     _check_common(f"--images {images!r}", len(pairs), split, output, overwrite, 1, [modality])
     data_dir = os.path.commonpath([os.path.dirname(p) for pair in pairs.values() for p in pair])
     cases = {"_".join(k): tuple(os.path.relpath(p, data_dir) for p in pair) for k, pair in pairs.items()}
+    train_val = _split(cases, split, seed, val_fraction, num_folds, fold)
     problems += _check_pairs(data_dir, list(cases.values()), len(names), modality)
     if problems:
         raise DataValidationError(
@@ -455,11 +581,12 @@ def prepare_folder(
             footer=f"Label values must be those of --label_names ({', '.join(str(v) for v in sorted(names))}). "
             "Fix the files listed above, then run this again.",
         )
-    return _split_and_write(
-        data_dir, cases, [], names, modality, f"image/label pairs {images} and {labels}", output, split, seed,
-        val_fraction, num_folds, fold, overwrite,
-    )
+    how = describe_split(split, seed, val_fraction, num_folds, fold)
+    description = f"image/label pairs {images} and {labels}"
+    return _write(data_dir, cases, train_val, [], names, modality, description, output, how, overwrite)
 
 
 if __name__ == "__main__":
-    run_data_cli({"msd": prepare_msd, "folder": prepare_folder}, serialize=lambda path: None)  # they print a summary
+    run_data_cli(  # the commands print a summary
+        {"btcv": prepare_btcv, "msd": prepare_msd, "folder": prepare_folder}, serialize=lambda path: None
+    )

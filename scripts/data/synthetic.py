@@ -4,7 +4,7 @@ whole pipeline (datalist, loading, orientation, training, evaluation) can be run
 
 Each case is an elliptic abdomen (subcutaneous fat, a muscle wall, a textured bowel/fat cavity), a
 vertebra with spinal canal and paraspinal muscles, and the BTCV organs (labels 1-13 in
-:data:`scripts.data.datalist.BTCV_LABELS` order) as smooth randomly perturbed ellipsoids and tubes at roughly
+:data:`scripts.data.labels.BTCV_LABELS` order) as smooth randomly perturbed ellipsoids and tubes at roughly
 anatomical places, with organ-specific HU, mild blur and Gaussian noise. The files have real NIfTI
 geometry: per-case anisotropic spacing, a non-zero origin and non-RAS orientations (LPS, and some cases
 with the in-plane axes swapped or the slice order reversed), so ``Orientationd("RAS")`` has work to do.
@@ -18,18 +18,18 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from scripts.data.datalist import BTCV_LABELS
-from scripts.data.prepare_btcv import prepare_btcv
+from scripts.data.labels import BTCV_LABELS
+from scripts.data.prepare_dataset import prepare_btcv
 
 __all__ = ["make_phantom", "phantom_to_nifti", "generate", "generate_msd", "ORGAN_HU", "CASE_AXCODES", "MSD_LABELS"]
 
@@ -419,7 +419,7 @@ def generate(
     Training cases ``Training/img/img0001.nii.gz`` + ``Training/label/label0001.nii.gz`` ... and test images
     ``Testing/img/img<num_cases+1>.nii.gz`` ...; each case has its own spacing (``spacing`` jittered by up to
     ~10-15 %), a non-zero origin and an orientation from :data:`CASE_AXCODES`. The datalist
-    ``output_dir/datalist.json`` is written by :func:`scripts.data.prepare_btcv.prepare_btcv` with a seeded
+    ``output_dir/datalist.json`` is written by :func:`scripts.data.prepare_dataset.prepare_btcv` with a seeded
     random split.
 
     Args:
@@ -488,7 +488,7 @@ def generate_msd(
         output_dir: folder to create; an existing non-empty folder is refused unless ``overwrite``.
         num_cases: labelled cases.
         num_test: unlabelled images in ``imagesTs``.
-        labels: class name -> BTCV labels (:data:`scripts.data.datalist.BTCV_LABELS`) it is made of, in label-value
+        labels: class name -> BTCV labels (:data:`scripts.data.labels.BTCV_LABELS`) it is made of, in label-value
             order from 1.
         shape: volume size (x, y, z) in voxels.
         spacing: nominal voxel size (x, y, z) in mm.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "write_json_atomic", "write_csv_atomic"]
 
 
 @contextmanager
@@ -36,3 +39,35 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_json_atomic(data: Any, path: str, overwrite: bool = False, indent: int = 4) -> str:
+    """
+    Write ``data`` as JSON to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+    A reader never sees a half-written file, and an interrupted write leaves any old file intact.
+
+    Args:
+        data: JSON-serialisable object.
+        path: destination file; its folder is created if needed.
+        overwrite: replace an existing file; otherwise an existing ``path`` raises ``FileExistsError``.
+        indent: JSON indentation.
+
+    Returns:
+        the absolute path written.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give the path of the JSON file to write.")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite True) to replace it.")
+    text = json.dumps(data, indent=indent) + "\n"  # serialise before creating any file
+    with atomic_output(path) as temporary, open(temporary, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_csv_atomic(path: str, rows: Sequence[Sequence[Any]]) -> str:
+    """Write ``rows`` (header first) as CSV through a temporary file and a rename; returns ``path``."""
+    with atomic_output(path, suffix=".csv.tmp") as temporary, open(temporary, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path

@@ -92,7 +92,7 @@ def is_user_error(error: BaseException) -> bool:
     Whether ``error`` is meant for the user rather than a bug:
 
     - an instance of an error class of the ``scripts`` package (``scripts.engine.config_check.ConfigValueError``,
-      ``scripts.engine.checkpoint.CheckpointError``, ``scripts.data.datalist.DataValidationError``,
+      ``scripts.engine.checkpoint.CheckpointError``, ``scripts.data.checks.DataValidationError``,
       ``scripts.engine.infer_folder.InputError``, ...), wherever raised;
     - one of :data:`PATH_ERRORS`, or an ``OSError`` of a full or read-only storage (:data:`STORAGE_ERRNOS`);
     - one of :data:`RAISED_ERRORS` raised by a ``raise`` statement in a module of the ``scripts`` package. The

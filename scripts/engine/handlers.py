@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.handlers import ValidationHandler as _MonaiValidationHandler
 
-from scripts.reports.evaluation import source_filename
+from scripts.engine.transforms import source_filename
 
 __all__ = ["GradientClipping", "CaseTimer", "ValidationHandler"]
 

@@ -53,11 +53,11 @@ import numpy as np
 import torch
 from monai.data import MetaTensor, NibabelWriter
 
+from scripts.data.checks import check_image_label_pair, check_image_values
 from scripts.engine.atomic import atomic_output
-from scripts.data.datalist import check_image_label_pair, check_image_values
 
 __all__ = [
-    "InferenceInputs", "InputError", "Case", "check_image", "nifti_case_name", "output_path", "AtomicNibabelWriter",
+    "InferenceInputs", "InputError", "Case", "check_image", "nifti_case_name", "case_name", "output_path", "AtomicNibabelWriter",
     "shard_cases",
 ]
 
@@ -102,6 +102,11 @@ def nifti_case_name(path: str) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+def case_name(path: str) -> str:
+    """Case name of an image path: the file name without ``.nii.gz``/``.nii`` (any letter case), or a folder's name."""
+    return nifti_case_name(os.path.normpath(path))
 
 
 def output_path(case: str, output_dir: str, output_postfix: str = "seg", output_ext: str = ".nii.gz") -> str:

@@ -43,11 +43,9 @@ from monai.metrics import (
 from monai.metrics.utils import do_metric_reduction, ignore_background, prepare_spacing
 from monai.utils import MetricReduction
 
-from scripts.data.datalist import BTCV_LABELS
+from scripts.data.labels import BTCV_LABELS, BTCV_MERGED_LABELS
 
 __all__ = [
-    "BTCV_MERGED_LABELS",
-    "BTCV_MERGED_LABEL_MAP",
     "ABSENT",
     "DETECTED",
     "MISSED",
@@ -71,24 +69,6 @@ __all__ = [
     "QuietMetricsSaver",
 ]
 
-#: The paper's 11-organ protocol (kidneys and adrenal glands merged): merged label -> name, the order of the
-#: ``classN`` columns (label N + 1) of the ``*_merged_raw.csv`` files written by ``configs/evaluate.json``.
-BTCV_MERGED_LABELS: dict[int, str] = {
-    0: "background",
-    1: "spleen",
-    2: "kidneys",
-    3: "gallbladder",
-    4: "esophagus",
-    5: "liver",
-    6: "stomach",
-    7: "aorta",
-    8: "inferior_vena_cava",
-    9: "portal_and_splenic_veins",
-    10: "pancreas",
-    11: "adrenal_glands",
-}
-#: label of ``BTCV_LABELS`` -> label of ``BTCV_MERGED_LABELS`` (config id ``merged_label_map``)
-BTCV_MERGED_LABEL_MAP: tuple[int, ...] = (0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11)
 
 #: status of a (case, organ) pair, see the module docstring
 ABSENT, DETECTED, MISSED, FALSE_POSITIVE = "absent", "detected", "missed", "false positive"

@@ -37,8 +37,8 @@ from monai.transforms import MapTransform
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from scripts.engine.atomic import atomic_output
 from scripts.data.dicom import _LPS_TO_RAS, DicomSeries, resolve_series
+from scripts.engine.atomic import atomic_output
 from scripts.engine.infer_folder import CASE_KEY, is_nifti, nifti_case_name, output_path
 from scripts.reports.overlays import organ_colour, organ_name
 
@@ -524,8 +524,8 @@ def example_figure(
     """
     import tempfile
 
-    from scripts.data.datalist import BTCV_LABELS
     from scripts.data.dicom import find_series
+    from scripts.data.labels import BTCV_LABELS
     from scripts.data.synthetic import make_phantom, phantom_to_nifti
 
     image, label = make_phantom(shape, spacing, seed=seed)

@@ -1,39 +1,30 @@
 """
-Pictures and tables of a run: the evaluation report (per-case metrics and organ status with organ names, a summary
-that says what each number averages, a per-organ Dice box plot, a per-organ status chart and one overlay picture per
-case), training curves from the TensorBoard logs, an ignite handler that draws them during and after training, and
-a transform that draws inference overlays.
+The evaluation report: per-case metrics and organ status with organ names, a summary that says what each number
+averages, a per-organ Dice box plot, a per-organ status chart and one overlay picture per case.
 
 Usage::
 
-    python -m scripts.reports.evaluation report --eval_dir eval --dataset_dir /data/RawData --datalist /data/RawData/datalist.json
-    python -m scripts.reports.evaluation report --eval_dir eval --organs "['liver','spleen']"
-    python -m scripts.reports.evaluation curves --log_dir eval --output_png eval/training_curves.png
+    python -m scripts.reports.evaluation --eval_dir eval --dataset_dir /data/RawData --datalist /data/RawData/datalist.json
+    python -m scripts.reports.evaluation --eval_dir eval --organs "['liver','spleen']"
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import logging
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-from monai.utils import min_version, optional_import
 
-from scripts.engine.atomic import atomic_output
-from scripts.data.datalist import BTCV_LABELS
-from scripts.engine.infer_folder import nifti_case_name
+from scripts.data.labels import BTCV_LABELS, BTCV_MERGED_LABEL_MAP, BTCV_MERGED_LABELS
+from scripts.engine.atomic import write_csv_atomic
+from scripts.engine.infer_folder import case_name
 from scripts.engine.metrics import (
     ABSENT,
-    BTCV_MERGED_LABEL_MAP,
-    BTCV_MERGED_LABELS,
     DETECTED,
     FALSE_POSITIVE,
     MISSED,
@@ -44,29 +35,17 @@ from scripts.engine.metrics import (
 from scripts.engine.organs import select_organs
 from scripts.reports.overlays import organ_colour, organ_name, save_figure_atomic, save_overlay_png
 
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
-
 __all__ = [
-    "BTCV_MERGED_LABELS",
-    "BTCV_MERGED_LABEL_MAP",
     "METRIC_FILES",
     "AVERAGES",
-    "case_name",
     "read_raw_metrics",
     "write_evaluation_report",
     "plot_dice_boxplot",
     "plot_organ_status",
-    "read_scalars",
-    "plot_training_curves",
-    "TrainingCurvesHandler",
-    "SaveOverlayd",
-    "SavedSegmentationTransform",
-    "write_csv_atomic",
-    "source_filename",
 ]
 
 logger = logging.getLogger(__name__)
+
 
 #: metric -> MetricsSaver name in ``configs/evaluate.json`` (id ``metric_names``); "dice", "hd95" and "nsd" are scores,
 #: "missed" and "false_positive" the detection errors of ``scripts.engine.metrics.OrganDetectionErrorMetric``
@@ -105,13 +84,8 @@ _SUMMARY_HEADER = [
 ]
 
 # the matplotlib figures of this module: size in inches and dpi
-BOXPLOT_FIGSIZE, CURVES_FIGSIZE, FIGURE_DPI = (12.0, 5.5), (12.0, 4.5), 100
+BOXPLOT_FIGSIZE, FIGURE_DPI = (12.0, 5.5), 100
 STATUS_PANEL_FIGSIZE = (12.0, 4.5)  # one panel per protocol, stacked
-
-
-def case_name(path: str) -> str:
-    """Case name of an image path: the file name without ``.nii.gz``/``.nii`` (any letter case), or a folder's name."""
-    return nifti_case_name(os.path.normpath(path))
 
 
 def _parse_value(text: str) -> float:
@@ -149,13 +123,6 @@ def read_raw_metrics(path: str) -> tuple[list[int], dict[str, dict[int | str, fl
 
 def _format(value: float) -> str:
     return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4f}")
-
-
-def write_csv_atomic(path: str, rows: Sequence[Sequence[Any]]) -> str:
-    """Write ``rows`` (header first) as CSV through a temporary file and a rename; returns ``path``."""
-    with atomic_output(path, suffix=".csv.tmp") as temporary, open(temporary, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return path
 
 
 def _case_means(values: np.ndarray) -> np.ndarray:
@@ -488,275 +455,7 @@ def write_evaluation_report(
     return written
 
 
-def read_scalars(log_dir: str, tags: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """
-    Scalars ``tags`` of every TensorBoard event file under ``log_dir`` (recursively), as (steps, values)
-    sorted by step; where several files log one step (a resumed or repeated run) the latest write wins.
-    A truncated last record (a writer still running) is skipped.
-
-    Raises:
-        FileNotFoundError: no event file under ``log_dir``.
-    """
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.util import tensor_util
-
-    files = sorted(glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True))
-    if not files:
-        raise FileNotFoundError(f"no TensorBoard event files (events.out.tfevents.*) in log_dir {log_dir!r}.")
-    latest: dict[str, dict[int, tuple[float, float]]] = {tag: {} for tag in tags}
-    for path in files:
-        try:
-            for event in EventFileLoader(path).Load():
-                for value in event.summary.value:
-                    if value.tag not in latest:
-                        continue
-                    if value.HasField("simple_value"):
-                        number = float(value.simple_value)
-                    else:
-                        number = float(tensor_util.make_ndarray(value.tensor).reshape(-1)[0])
-                    previous = latest[value.tag].get(event.step)
-                    if previous is None or event.wall_time >= previous[0]:
-                        latest[value.tag][event.step] = (event.wall_time, number)
-        except Exception as e:  # a corrupt file should not hide the others
-            logger.warning(f"{path}: read stopped ({type(e).__name__}: {e}).")
-    out = {}
-    for tag, points in latest.items():
-        steps = np.array(sorted(points), dtype=np.int64)
-        out[tag] = (steps, np.array([points[s][1] for s in steps], dtype=float))
-    return out
-
-
-def _smooth(values: np.ndarray) -> np.ndarray:
-    """Debiased exponential moving average with a span of about 2% of the points."""
-    span = max(1.0, len(values) / 50.0)
-    alpha = 2.0 / (span + 1.0)
-    out = np.empty_like(values)
-    average, weight = 0.0, 0.0
-    for i, v in enumerate(values):
-        average = (1 - alpha) * average + alpha * v
-        weight = (1 - alpha) * weight + alpha
-        out[i] = average / weight
-    return out
-
-
-def plot_training_curves(
-    log_dir: str, output_png: str, loss_tag: str = "train_loss", dice_tag: str = "val_mean_dice"
-) -> str:
-    """
-    Plot the training loss (per iteration, with a smoothed line) and the validation mean Dice (per epoch,
-    best epoch marked) from the TensorBoard event files under ``log_dir`` into ``output_png`` (written
-    atomically, ``CURVES_FIGSIZE`` at ``FIGURE_DPI``: 1200 x 450 pixels).
-
-    Args:
-        log_dir: folder of the event files (``output_dir`` of ``configs/train.json``).
-        output_png: PNG to write.
-        loss_tag: scalar tag of the training loss, logged per iteration.
-        dice_tag: scalar tag of the validation mean Dice, logged per validation epoch.
-
-    Returns:
-        ``output_png``.
-
-    Raises:
-        FileNotFoundError: ``log_dir`` has no event files.
-        ValueError: the event files log neither tag.
-    """
-    import matplotlib.pyplot as plt
-
-    scalars = read_scalars(log_dir, (loss_tag, dice_tag))
-    (loss_steps, loss), (dice_steps, dice) = scalars[loss_tag], scalars[dice_tag]
-    if not loss.size and not dice.size:
-        raise ValueError(
-            f"the TensorBoard event files in log_dir {log_dir!r} log neither {loss_tag!r} nor {dice_tag!r}."
-        )
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=CURVES_FIGSIZE)
-    if loss.size:
-        stride = max(1, loss.size // 5000)  # the raw line needs no more points than pixels
-        ax_loss.plot(
-            loss_steps[::stride], loss[::stride], color="tab:blue", alpha=0.3, linewidth=0.8, label="per iteration"
-        )
-        ax_loss.plot(loss_steps, _smooth(loss), color="tab:blue", linewidth=1.8, label="smoothed")
-        ax_loss.legend(loc="upper right")
-        ax_loss.set_title(f"training loss (last {loss[-1]:.4f}, iteration {loss_steps[-1]})")
-    else:
-        ax_loss.text(0.5, 0.5, f"no {loss_tag!r} logged", ha="center", va="center", transform=ax_loss.transAxes)
-        ax_loss.set_title("training loss")
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel(loss_tag)
-    if dice.size:
-        ax_dice.plot(dice_steps, dice, "o-", color="tab:green", markersize=4, linewidth=1.5)
-        best = int(np.nanargmax(dice)) if np.isfinite(dice).any() else 0
-        best_label = f"best {dice[best]:.4f} (epoch {dice_steps[best]})"
-        ax_dice.plot(dice_steps[best], dice[best], "*", color="tab:red", markersize=14, label=best_label)
-        ax_dice.legend(loc="lower right")
-        ax_dice.set_ylim(0, 1)
-        ax_dice.set_title(f"validation mean Dice (last {dice[-1]:.4f}, epoch {dice_steps[-1]})")
-    else:
-        ax_dice.text(0.5, 0.5, f"no {dice_tag!r} logged yet", ha="center", va="center", transform=ax_dice.transAxes)
-        ax_dice.set_title("validation mean Dice")
-    ax_dice.set_xlabel("epoch")
-    ax_dice.set_ylabel(dice_tag)
-    for ax in (ax_loss, ax_dice):
-        ax.grid(color="0.9")
-    fig.tight_layout()
-    return save_figure_atomic(fig, output_png, FIGURE_DPI)
-
-
-class TrainingCurvesHandler:
-    """
-    Ignite handler that draws :func:`plot_training_curves` when the engine completes and, with
-    ``interval > 0``, every ``interval`` epochs. A failure is logged as a warning and never stops training.
-
-    ``TensorBoardStatsHandler`` writes its events asynchronously (flushed every two minutes); pass those
-    handlers (or ``SummaryWriter``s) as ``writers`` to flush them before plotting, otherwise the picture shows
-    what is on disk.
-
-    Args:
-        log_dir: folder of the TensorBoard event files.
-        output_png: PNG to write; default ``<log_dir>/training_curves.png``.
-        interval: also plot every ``interval`` epochs (0: only at the end).
-        writers: MONAI ``TensorBoardHandler``s or ``SummaryWriter``s to flush first.
-
-    Example::
-
-        TrainingCurvesHandler("eval", interval=50).attach(trainer)
-    """
-
-    def __init__(
-        self, log_dir: str, output_png: str | None = None, interval: int = 0, writers: Sequence[Any] = ()
-    ) -> None:
-        if int(interval) < 0:
-            raise ValueError(f"interval must be >= 0 (0: only at the end), got {interval}.")
-        self.log_dir = log_dir
-        self.output_png = output_png if output_png is not None else os.path.join(log_dir, "training_curves.png")
-        self.interval = int(interval)
-        self.writers = list(writers)
-
-    def attach(self, engine: Engine) -> None:
-        """Plot on ``Events.COMPLETED`` and, with ``interval > 0``, every ``interval`` epochs."""
-        engine.add_event_handler(Events.COMPLETED, self)
-        if self.interval > 0:
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine: Engine | None = None) -> str | None:
-        """Flush the writers and plot; returns the PNG path, or None (with a warning) on failure."""
-        try:
-            for writer in self.writers:
-                getattr(writer, "_writer", writer).flush()
-            return plot_training_curves(self.log_dir, self.output_png)
-        except Exception as e:
-            logger.warning(f"training curves not drawn ({type(e).__name__}: {e}).")
-            return None
-
-
-def source_filename(data: Mapping[Hashable, Any], key: Hashable) -> str | None:
-    """
-    The file ``data[key]`` was loaded from: ``filename_or_obj`` of its MetaTensor meta or of ``<key>_meta_dict``;
-    None when there is none, or when it names several files (a batch of more than one).
-    """
-    meta = getattr(data.get(key), "meta", None) or data.get(f"{key}_meta_dict") or {}
-    source = meta.get("filename_or_obj")
-    if isinstance(source, (list, tuple)):  # a batch of one
-        source = source[0] if len(source) == 1 else None
-    return str(source) if source else None
-
-
-class SavedSegmentationTransform(MapTransform):
-    """
-    Base of inference postprocessing placed after ``SaveImaged``: for every case, :meth:`write_case` gets the case
-    name (the item's ``"case"`` entry, else :func:`case_name` of the source), the original image (the
-    ``filename_or_obj`` of the key's MetaTensor meta, or of ``<key>_meta_dict``: a NIfTI file or a DICOM series)
-    and the saved segmentation ``seg_dir/<case>_<output_postfix><output_ext>``, as inference names it. A failure is
-    logged as a warning naming the case; the data passes through unchanged.
-
-    Args:
-        keys: the image key(s) whose file names identify the cases.
-        output_dir: folder of what is written.
-        seg_dir: folder of the saved segmentations; default ``output_dir``.
-        output_postfix: ``SaveImaged``'s ``output_postfix``.
-        output_ext: ``SaveImaged``'s ``output_ext``.
-        label_names: label value -> class name (int or string keys, as config id ``label_names``); default ``BTCV_LABELS``.
-        enabled: False makes the transform a no-op (so that a config can switch it off).
-        allow_missing_keys: skip missing keys instead of raising.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "image",
-        output_dir: str = "./outputs",
-        seg_dir: str | None = None,
-        output_postfix: str = "seg",
-        output_ext: str = ".nii.gz",
-        label_names: Mapping[int, str] | None = None,
-        enabled: bool = True,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.output_dir = output_dir
-        self.seg_dir = seg_dir if seg_dir is not None else output_dir
-        self.output_postfix = output_postfix
-        self.output_ext = output_ext
-        self.label_names = {int(k): v for k, v in (BTCV_LABELS if label_names is None else label_names).items()}
-        self.enabled = bool(enabled)
-
-    def write_case(self, case: str, source: str, segmentation: str) -> None:
-        """Write this transform's output for one case: its name, ``source`` image, ``segmentation`` file."""
-        raise NotImplementedError
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if not self.enabled:
-            return d
-        name = type(self).__name__
-        for key in self.key_iterator(d):
-            source = source_filename(d, key)
-            if source is None:
-                logger.warning(f"{name}: {key!r} has no filename_or_obj; case skipped.")
-                continue
-            case = d.get("case")
-            case = str(case[0] if isinstance(case, (list, tuple)) else case) if case else case_name(source)
-            postfix = f"_{self.output_postfix}" if self.output_postfix else ""
-            segmentation = os.path.join(self.seg_dir, f"{case}{postfix}{self.output_ext}")
-            try:
-                self.write_case(case, source, segmentation)
-            except Exception as e:
-                logger.warning(f"{name}: {case} ({source}) skipped ({type(e).__name__}: {e}).")
-        return d
-
-
-class SaveOverlayd(SavedSegmentationTransform):
-    """
-    Draws the overlay of the saved segmentation on the original image (:func:`scripts.reports.overlays.save_overlay_png`)
-    into ``output_dir/<case>.png``. Arguments as :class:`SavedSegmentationTransform`, plus ``window``: the CT
-    window (level, width) in HU.
-
-    Example::
-
-        SaveOverlayd("image", output_dir="eval/inference", enabled=True)(data)
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "image",
-        output_dir: str = "./overlays",
-        seg_dir: str | None = None,
-        output_postfix: str = "seg",
-        output_ext: str = ".nii.gz",
-        label_names: Mapping[int, str] | None = None,
-        window: Sequence[float] = (40.0, 400.0),
-        enabled: bool = True,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, output_dir, seg_dir, output_postfix, output_ext, label_names, enabled, allow_missing_keys)
-        if len(window) != 2 or window[1] <= 0:
-            raise ValueError(f"window must be (level, width) with width > 0, got {window}.")
-        self.window = (float(window[0]), float(window[1]))
-
-    def write_case(self, case: str, source: str, segmentation: str) -> None:
-        output_png = os.path.join(self.output_dir, f"{case}.png")
-        save_overlay_png(source, segmentation, output_png, None, self.label_names, self.window, title=case)
-
-
 if __name__ == "__main__":
     import fire
 
-    fire.Fire({"report": write_evaluation_report, "curves": plot_training_curves})
+    fire.Fire(write_evaluation_report)

@@ -17,7 +17,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from scripts.reports.evaluation import SavedSegmentationTransform, case_name, write_csv_atomic
+from scripts.engine.atomic import write_csv_atomic
+from scripts.engine.infer_folder import case_name
+from scripts.engine.transforms import SavedSegmentationTransform
 from scripts.reports.overlays import load_volume
 
 __all__ = [
@@ -169,7 +171,7 @@ class SaveMeasurementsd(SavedSegmentationTransform):
     """
     Inference postprocessing after ``SaveImaged``: writes ``output_dir/<case>_measurements.csv`` with
     :func:`organ_measurements` of the saved segmentation, and rewrites ``output_dir/measurements_summary.csv``
-    (:func:`write_measurement_summary`). Arguments as :class:`scripts.reports.evaluation.SavedSegmentationTransform`,
+    (:func:`write_measurement_summary`). Arguments as :class:`scripts.engine.transforms.SavedSegmentationTransform`,
     plus ``min_organ_ml`` (config id ``min_organ_ml``): the size in mL below which an organ's largest connected
     component is flagged ``small``.
     """

@@ -1,8 +1,9 @@
 """
-Pictures: segmentation overlays on orthogonal CT slices.
+Pictures: segmentation overlays on orthogonal CT slices, and the inference transform that draws them
+(:class:`SaveOverlayd`).
 
 Every picture uses the same colour for an organ (:func:`organ_colour`, following the label table
-``scripts.data.datalist.BTCV_LABELS``), shows CT in a soft-tissue window, the prediction as a solid contour over a
+``scripts.data.labels.BTCV_LABELS``), shows CT in a soft-tissue window, the prediction as a solid contour over a
 light fill and the ground truth, when there is one, as a dashed contour. Slices are drawn in radiological
 convention (patient right on the left of the picture, anterior/superior at the top, sagittal slices facing
 left) with the aspect ratio of the voxel spacing.
@@ -23,8 +24,10 @@ from matplotlib import patheffects  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from monai.config import KeysCollection  # noqa: E402
 
 from scripts.engine.atomic import atomic_output  # noqa: E402
+from scripts.engine.transforms import SavedSegmentationTransform  # noqa: E402
 
 __all__ = [
     "BTCV_COLOURS",
@@ -38,6 +41,7 @@ __all__ = [
     "choose_slices",
     "orthogonal_slices",
     "save_figure_atomic",
+    "SaveOverlayd",
     "save_overlay_png",
 ]
 
@@ -295,3 +299,36 @@ def save_overlay_png(
     fig.suptitle(f"{heading}    ({key}; window L {level:g} / W {width:g} HU)", color=_TEXT, fontsize=12)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.15 if len(entries) > 7 else 0.1, wspace=0.04)
     return save_figure_atomic(fig, output_png, OVERLAY_DPI)
+
+
+class SaveOverlayd(SavedSegmentationTransform):
+    """
+    Draws the overlay of the saved segmentation on the original image (:func:`scripts.reports.overlays.save_overlay_png`)
+    into ``output_dir/<case>.png``. Arguments as :class:`SavedSegmentationTransform`, plus ``window``: the CT
+    window (level, width) in HU.
+
+    Example::
+
+        SaveOverlayd("image", output_dir="eval/inference", enabled=True)(data)
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        output_dir: str = "./overlays",
+        seg_dir: str | None = None,
+        output_postfix: str = "seg",
+        output_ext: str = ".nii.gz",
+        label_names: Mapping[int, str] | None = None,
+        window: Sequence[float] = (40.0, 400.0),
+        enabled: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, output_dir, seg_dir, output_postfix, output_ext, label_names, enabled, allow_missing_keys)
+        if len(window) != 2 or window[1] <= 0:
+            raise ValueError(f"window must be (level, width) with width > 0, got {window}.")
+        self.window = (float(window[0]), float(window[1]))
+
+    def write_case(self, case: str, source: str, segmentation: str) -> None:
+        output_png = os.path.join(self.output_dir, f"{case}.png")
+        save_overlay_png(source, segmentation, output_png, None, self.label_names, self.window, title=case)

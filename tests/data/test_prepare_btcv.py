@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from scripts.data.datalist import BTCV_LABELS, DataValidationError
-from scripts.data.prepare_btcv import find_btcv_cases, prepare_btcv
-from tests.data.test_datalist import write_nifti
+from scripts.data.checks import DataValidationError
+from scripts.data.labels import BTCV_LABELS
+from scripts.data.prepare_dataset import find_btcv_cases, prepare_btcv
+from tests.data.test_checks import write_nifti
 
 BTCV_CASES = list(range(1, 11)) + list(range(21, 41))
 TINY = (8, 8, 4)

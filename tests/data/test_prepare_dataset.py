@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data.datalist import DataValidationError
+from scripts.data.checks import DataValidationError
 from scripts.data.prepare_dataset import match_pairs, parse_msd_labels, prepare_folder, prepare_msd
 from scripts.data.synthetic import generate_msd
 

@@ -15,7 +15,8 @@ import pytest
 from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from scripts.data.datalist import BTCV_LABELS, validate_datalist
+from scripts.data.datalist import validate_datalist
+from scripts.data.labels import BTCV_LABELS
 from scripts.data.synthetic import CASE_AXCODES, ORGAN_HU, generate, make_phantom, phantom_to_nifti
 
 SMALL = (48, 48, 24)

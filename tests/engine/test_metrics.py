@@ -14,11 +14,9 @@ from monai.data import MetaTensor
 from scipy.ndimage import binary_erosion
 from scipy.spatial.distance import cdist
 
-from scripts.data.datalist import BTCV_LABELS
+from scripts.data.labels import BTCV_LABELS, BTCV_MERGED_LABEL_MAP, BTCV_MERGED_LABELS
 from scripts.engine.metrics import (
     ABSENT,
-    BTCV_MERGED_LABEL_MAP,
-    BTCV_MERGED_LABELS,
     DETECTED,
     FALSE_POSITIVE,
     MISSED,
@@ -32,7 +30,6 @@ from scripts.engine.metrics import (
     surface_dice_tolerances,
     voxel_spacing,
 )
-
 from tests.conftest import BUNDLE_ROOT
 
 SHAPE = (20, 18, 10)

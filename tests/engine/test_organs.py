@@ -5,7 +5,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from scripts.data.datalist import BTCV_LABELS
+from scripts.data.labels import BTCV_LABELS
 from scripts.engine.organs import KeepOrgansd, select_organs
 
 CONFIG_LABELS = {str(k): v for k, v in BTCV_LABELS.items()}  # the configs' JSON keys are strings
@@ -53,8 +53,7 @@ def test_inference_writes_measures_and_draws_only_the_selected_organs():
     from monai.bundle import ConfigParser
 
     from scripts.reports.measurements import SaveMeasurementsd
-    from scripts.reports.evaluation import SaveOverlayd
-
+    from scripts.reports.overlays import SaveOverlayd
     from tests.reliability.conftest import config_paths
 
     parser = ConfigParser()

@@ -15,10 +15,20 @@ import numpy as np
 import pytest
 import torch
 
+from scripts.data.checks import DataValidationError, NonHUIntensityWarning
 from scripts.engine.config_check import RULES, ConfigValueError, check_config
-from scripts.data.datalist import DataValidationError, NonHUIntensityWarning
 
-from .conftest import AFFINE, SMALL_SHAPE, config_paths, ct_image, organ_label, root_cause, workflow, write_nifti, write_small_study
+from .conftest import (
+    AFFINE,
+    SMALL_SHAPE,
+    config_paths,
+    ct_image,
+    organ_label,
+    root_cause,
+    workflow,
+    write_nifti,
+    write_small_study,
+)
 
 TRAIN = ["train.json", "demo.json"]
 EVALUATE = ["train.json", "evaluate.json", "demo.json"]

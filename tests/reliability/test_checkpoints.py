@@ -160,7 +160,7 @@ def test_handler_indices_the_configs_rely_on():
         "StatsHandler",
         "TensorBoardStatsHandler",
         "ignite.handlers.ProgressBar",
-        "scripts.reports.evaluation.TrainingCurvesHandler",
+        "scripts.reports.curves.TrainingCurvesHandler",
     ]
     # one SummaryWriter by id, so that a handler MONAI Label inserts into the list cannot shift what is flushed
     assert handlers[-1]["writers"] == ["@tensorboard_writer"]

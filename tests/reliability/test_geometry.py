@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data.datalist import DataValidationError, check_image_label_pair, validate_datalist
+from scripts.data.checks import DataValidationError, check_image_label_pair
+from scripts.data.datalist import validate_datalist
 from scripts.data.geometry import (
     MAX_SPACING_MM,
     MIN_SPACING_MM,
@@ -386,7 +387,7 @@ def test_prepare_dataset_cli_refuses_a_header_without_geometry(tmp_path):
 
 
 def test_prepare_btcv_refuses_a_header_without_geometry(tmp_path):
-    from scripts.data.prepare_btcv import prepare_btcv
+    from scripts.data.prepare_dataset import prepare_btcv
 
     for case in (1, 2, 3):
         write_nifti(tmp_path / "Training" / "img" / f"img{case:04d}.nii.gz", ct_image(seed=case))
@@ -400,7 +401,7 @@ def test_prepare_btcv_refuses_a_header_without_geometry(tmp_path):
 
 
 def test_an_analyze_file_is_refused_for_its_missing_orientation(tmp_path):
-    from scripts.data.datalist import check_image_label_pair
+    from scripts.data.checks import check_image_label_pair
 
     path = str(tmp_path / "old.hdr")
     nib.save(nib.AnalyzeImage(np.full((8, 8, 4), 40, np.int16), np.diag([2.0, 2.0, 4.0, 1.0])), path)

@@ -19,12 +19,11 @@ import pytest
 from pydicom.sr._concepts_dict import concepts
 from pydicom.uid import generate_uid
 
-from scripts.data.datalist import BTCV_LABELS
 from scripts.data.dicom import find_series, read_series
-from scripts.reports.dicom_seg import SaveDicomSegd, check_source_series, draw_dicom_seg, write_dicom_seg
+from scripts.data.labels import BTCV_LABELS
 from scripts.engine.infer_folder import InferenceInputs
+from scripts.reports.dicom_seg import SaveDicomSegd, check_source_series, draw_dicom_seg, write_dicom_seg
 from scripts.reports.overlays import organ_colour, organ_name
-
 from tests.reliability.conftest import ct_image, run_bundle, write_nifti
 from tests.reliability.test_dicom import write_slice
 

@@ -12,29 +12,15 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
 from matplotlib.colors import to_rgb
-from monai.data import MetaTensor
 from monai.metrics.utils import do_metric_reduction
-from torch.utils.tensorboard import SummaryWriter
 
 import scripts.reports.evaluation as report
-from scripts.data.datalist import BTCV_LABELS
-from scripts.reports.evaluation import (
-    AVERAGES,
-    BTCV_MERGED_LABELS,
-    FIGURE_DPI,
-    STATUS_PANEL_FIGSIZE,
-    SaveOverlayd,
-    TrainingCurvesHandler,
-    plot_training_curves,
-    read_scalars,
-    write_evaluation_report,
-)
+from scripts.data.labels import BTCV_LABELS, BTCV_MERGED_LABELS
+from scripts.reports.evaluation import AVERAGES, FIGURE_DPI, STATUS_PANEL_FIGSIZE, write_evaluation_report
 from scripts.reports.overlays import organ_colour
 from tests.reports.test_overlays import ORGANS, OVERLAY_SIZE, count_colour, make_case, write_nifti
 
-CURVES_SIZE = (450, 1200)
 BOXPLOT_SIZE = (550, 1200)
 STATUS_SIZE = (2 * round(STATUS_PANEL_FIGSIZE[1] * FIGURE_DPI), round(STATUS_PANEL_FIGSIZE[0] * FIGURE_DPI))  # 2 panels
 BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -251,93 +237,9 @@ def test_report_handles_absent_organs_and_missing_files(evaluation, caplog):
         write_evaluation_report(eval_dir)
 
 
-def _write_log(log_dir: str, iterations: int = 60, epochs=(2, 4, 6)) -> tuple[dict, dict]:
-    loss = {i: 1.0 / (1 + i) + 0.01 * (i % 3) for i in range(1, iterations + 1)}
-    dice = {e: 0.1 * e for e in epochs}
-    writer = SummaryWriter(log_dir)
-    for step, value in loss.items():
-        writer.add_scalar("train_loss", value, step)
-    for step, value in dice.items():
-        writer.add_scalar("val_mean_dice", value, step)
-    writer.close()
-    return loss, dice
-
-
-def test_training_curves_from_tensorboard_events(tmp_path):
-    loss, dice = _write_log(str(tmp_path))
-    scalars = read_scalars(str(tmp_path), ["train_loss", "val_mean_dice"])
-    np.testing.assert_array_equal(scalars["train_loss"][0], list(loss))
-    np.testing.assert_allclose(scalars["train_loss"][1], list(loss.values()), rtol=1e-6)
-    np.testing.assert_allclose(scalars["val_mean_dice"][1], list(dice.values()), rtol=1e-6)
-    png_path = plot_training_curves(str(tmp_path), str(tmp_path / "curves" / "training_curves.png"))
-    png = mpimg.imread(png_path)
-    assert png.shape[:2] == CURVES_SIZE and png[..., :3].var() > 0.003
-    assert os.listdir(tmp_path / "curves") == ["training_curves.png"]  # written atomically
-
-    with pytest.raises(FileNotFoundError, match="empty"):
-        plot_training_curves(str(tmp_path / "empty"), str(tmp_path / "x.png"))
-
-
 @pytest.mark.slow
-def test_cli_curves_and_report(tmp_path, evaluation):
-    _write_log(str(tmp_path))
-    out = tmp_path / "cli.png"
-    command = [sys.executable, "-m", "scripts.reports.evaluation", "curves", "--log_dir", str(tmp_path), "--output_png", str(out)]
-    subprocess.run(command, check=True, cwd=BUNDLE_ROOT, capture_output=True)
-    assert mpimg.imread(str(out)).shape[:2] == CURVES_SIZE
-    command = [sys.executable, "-m", "scripts.reports.evaluation", "report", "--eval_dir", evaluation["eval_dir"]]
+def test_cli(evaluation):
+    command = [sys.executable, "-m", "scripts.reports.evaluation", "--eval_dir", evaluation["eval_dir"]]
     command += ["--dataset_dir", evaluation["dataset_dir"], "--datalist", evaluation["datalist"]]
     subprocess.run(command, check=True, cwd=BUNDLE_ROOT, capture_output=True)
     assert os.path.isfile(os.path.join(evaluation["eval_dir"], "report", "img0036.png"))
-
-
-def test_handler_plots_every_interval_and_at_the_end(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(report, "plot_training_curves", lambda log_dir, png: calls.append((log_dir, png)) or png)
-    engine = Engine(lambda engine, batch: None)
-    TrainingCurvesHandler(str(tmp_path), interval=2).attach(engine)
-    engine.run([0, 1], max_epochs=5)
-    assert calls == [(str(tmp_path), str(tmp_path / "training_curves.png"))] * 3  # epochs 2 and 4, completed
-
-
-def test_handler_flushes_writers_and_survives_a_bad_log_dir(tmp_path, caplog):
-    writer = SummaryWriter(str(tmp_path), max_queue=1000, flush_secs=10000)  # nothing reaches the disk by itself
-    for step in range(1, 20):
-        writer.add_scalar("train_loss", 1.0 / step, step)
-    handler = TrainingCurvesHandler(str(tmp_path), str(tmp_path / "curves.png"), writers=[writer])
-    engine = Engine(lambda engine, batch: None)
-    handler.attach(engine)
-    engine.run([0], max_epochs=1)
-    writer.close()
-    assert mpimg.imread(str(tmp_path / "curves.png")).shape[:2] == CURVES_SIZE
-
-    missing = str(tmp_path / "no_such_dir")
-    engine = Engine(lambda engine, batch: None)
-    TrainingCurvesHandler(missing, interval=1).attach(engine)
-    with caplog.at_level(logging.WARNING, logger="scripts.reports.evaluation"):
-        engine.run([0], max_epochs=2)  # does not raise
-    assert engine.state.epoch == 2 and missing in caplog.text
-    assert not os.path.exists(os.path.join(missing, "training_curves.png"))
-    with pytest.raises(ValueError, match="interval"):
-        TrainingCurvesHandler(missing, interval=-1)
-
-
-def test_save_overlayd_draws_the_saved_segmentation(tmp_path, caplog):
-    image, label = make_case(ORGANS)
-    source = write_nifti(image, str(tmp_path / "img0061.nii.gz"))
-    out_dir = tmp_path / "inference"
-    out_dir.mkdir()
-    write_nifti(label, str(out_dir / "img0061_seg.nii.gz"))
-    data = {"image": MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": source}), "pred": torch.ones(1)}
-
-    assert SaveOverlayd("image", output_dir=str(out_dir), enabled=False)(data).keys() == data.keys()
-    assert not (out_dir / "img0061.png").exists()
-
-    result = SaveOverlayd("image", output_dir=str(out_dir), output_postfix="seg")(data)
-    assert result["pred"] is data["pred"] and result["image"] is data["image"]
-    png = mpimg.imread(str(out_dir / "img0061.png"))
-    assert png.shape[:2] == OVERLAY_SIZE and count_colour(png, organ_colour(8)) > 10
-
-    with caplog.at_level(logging.WARNING, logger="scripts.reports.evaluation"):
-        SaveOverlayd("image", output_dir=str(tmp_path / "elsewhere"))(data)  # no segmentation there: a warning
-    assert "img0061" in caplog.text and not (tmp_path / "elsewhere" / "img0061.png").exists()

@@ -17,11 +17,10 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from scripts.data.datalist import BTCV_LABELS
-from scripts.reports.evaluation import BTCV_MERGED_LABEL_MAP, BTCV_MERGED_LABELS, write_evaluation_report
-from tests.engine.test_metrics import _reference_dice, _reference_hd95, _reference_nsd
-
+from scripts.data.labels import BTCV_LABELS, BTCV_MERGED_LABEL_MAP, BTCV_MERGED_LABELS
+from scripts.reports.evaluation import write_evaluation_report
 from tests.conftest import BUNDLE_ROOT
+from tests.engine.test_metrics import _reference_dice, _reference_hd95, _reference_nsd
 
 CONFIGS = [os.path.join(BUNDLE_ROOT, "configs", f) for f in ("train.json", "evaluate.json", "demo.json")]
 SHAPE = (30, 26, 12)

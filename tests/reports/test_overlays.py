@@ -1,19 +1,23 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 
 import matplotlib.image as mpimg
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from matplotlib.colors import to_rgb
+from monai.data import MetaTensor
 
-from scripts.data.datalist import BTCV_LABELS
+from scripts.data.labels import BTCV_LABELS
 from scripts.reports.overlays import (
     BTCV_COLOURS,
     OVERLAY_DPI,
     OVERLAY_FIGSIZE,
+    SaveOverlayd,
     choose_slices,
     legend_entries,
     load_canonical,
@@ -164,3 +168,24 @@ def test_overlay_rejects_mismatched_shapes(tmp_path):
     small = write_nifti(label[:-2], str(tmp_path / "small.nii.gz"))
     with pytest.raises(ValueError, match="does not match"):
         save_overlay_png(image_path, small, str(tmp_path / "x.png"))
+
+
+def test_save_overlayd_draws_the_saved_segmentation(tmp_path, caplog):
+    image, label = make_case(ORGANS)
+    source = write_nifti(image, str(tmp_path / "img0061.nii.gz"))
+    out_dir = tmp_path / "inference"
+    out_dir.mkdir()
+    write_nifti(label, str(out_dir / "img0061_seg.nii.gz"))
+    data = {"image": MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": source}), "pred": torch.ones(1)}
+
+    assert SaveOverlayd("image", output_dir=str(out_dir), enabled=False)(data).keys() == data.keys()
+    assert not (out_dir / "img0061.png").exists()
+
+    result = SaveOverlayd("image", output_dir=str(out_dir), output_postfix="seg")(data)
+    assert result["pred"] is data["pred"] and result["image"] is data["image"]
+    png = mpimg.imread(str(out_dir / "img0061.png"))
+    assert png.shape[:2] == OVERLAY_SIZE and count_colour(png, organ_colour(8)) > 10
+
+    with caplog.at_level(logging.WARNING, logger="scripts.engine.transforms"):
+        SaveOverlayd("image", output_dir=str(tmp_path / "elsewhere"))(data)  # no segmentation there: a warning
+    assert "img0061" in caplog.text and not (tmp_path / "elsewhere" / "img0061.png").exists()
