@@ -7,10 +7,13 @@ from here (config ids ``label_names``, ``merged_label_names``, ``merged_label_ma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "BTCV_LABELS",
     "BTCV_MERGED_LABELS",
     "BTCV_MERGED_LABEL_MAP",
+    "config_labels",
 ]
 
 #: BTCV label value -> organ name: the 13 organs of the Synapse multi-atlas labels, in their label order
@@ -49,3 +52,11 @@ BTCV_MERGED_LABELS: dict[int, str] = {
 }
 #: label of ``BTCV_LABELS`` -> label of ``BTCV_MERGED_LABELS`` (config id ``merged_label_map``)
 BTCV_MERGED_LABEL_MAP: tuple[int, ...] = (0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11)
+
+
+def config_labels(table: Mapping[int, str]) -> dict[str, str]:
+    """
+    A label table as the configs hold it (ids ``label_names``, ``merged_label_names``): label value as a string ->
+    name, the form of a JSON overlay such as ``configs/datasets/<name>.json``, which replaces it for another dataset.
+    """
+    return {str(value): name for value, name in sorted(table.items())}
