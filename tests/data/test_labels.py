@@ -13,7 +13,10 @@ from tests.conftest import BUNDLE_ROOT
 
 CONFIGS = os.path.join(BUNDLE_ROOT, "configs")
 #: the organs the paper's 11-organ protocol merges, by the merged name
-MERGED_PAIRS = {"kidneys": ("right_kidney", "left_kidney"), "adrenal_glands": ("right_adrenal_gland", "left_adrenal_gland")}
+MERGED_PAIRS = {
+    "kidneys": ("right_kidney", "left_kidney"),
+    "adrenal_glands": ("right_adrenal_gland", "left_adrenal_gland"),
+}
 
 
 def _parsed(*configs: str, overlay: dict | None = None) -> ConfigParser:
@@ -37,7 +40,8 @@ def test_labels_constant():
 
 def test_merge_map_follows_the_names():
     """Every organ maps to the merged class of its own name, or of the pair it belongs to."""
-    assert len(BTCV_MERGED_LABEL_MAP) == len(BTCV_LABELS) and sorted(set(BTCV_MERGED_LABEL_MAP)) == list(BTCV_MERGED_LABELS)
+    assert len(BTCV_MERGED_LABEL_MAP) == len(BTCV_LABELS)
+    assert sorted(set(BTCV_MERGED_LABEL_MAP)) == list(BTCV_MERGED_LABELS)
     member_of = {organ: merged for merged, pair in MERGED_PAIRS.items() for organ in pair}
     for label, name in BTCV_LABELS.items():
         assert BTCV_MERGED_LABELS[BTCV_MERGED_LABEL_MAP[label]] == member_of.get(name, name), name
@@ -66,7 +70,8 @@ def test_an_overlay_of_label_names_sets_num_classes():
 def test_metadata_and_btcv_overlay_spell_the_names_of_the_table():
     metadata = json.load(open(os.path.join(CONFIGS, "metadata.json")))
     pred = metadata["network_data_format"]["outputs"]["pred"]
-    assert pred["channel_def"] == {str(k): v for k, v in BTCV_LABELS.items()} and pred["num_channels"] == len(BTCV_LABELS)
+    names = {str(k): v for k, v in BTCV_LABELS.items()}
+    assert pred["channel_def"] == names and pred["num_channels"] == len(BTCV_LABELS)
     assert metadata["label_classes"] == ", ".join(f"{k} {v}" for k, v in BTCV_LABELS.items())
     parser = _parsed("train.json", "evaluate.json", "datasets/btcv.json")
     assert parser.get_parsed_content("label_names") == {str(k): v for k, v in BTCV_LABELS.items()}
