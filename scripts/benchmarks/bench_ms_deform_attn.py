@@ -53,6 +53,7 @@ from scripts.benchmarks.common import (
     update_docs_section,
 )
 from scripts.networks import ms_deform_attn as msda
+from scripts.networks import ms_deform_attn_gather
 
 __all__ = ["VARIANTS", "make_case", "memory_worker", "run_benchmark"]
 
@@ -107,7 +108,8 @@ def _gather_stock_autograd(value, shapes, locations, weights):
 
 def _eb_dots_patch() -> contextlib.AbstractContextManager:
     """While active, the gather's backward takes its corner dot products from embedding_bag (the non-CPU choice)."""
-    return mock.patch.object(msda, "_corner_dots", functools.partial(msda._corner_dots, sparse=False))
+    dense = functools.partial(ms_deform_attn_gather._corner_dots, sparse=False)
+    return mock.patch.object(ms_deform_attn_gather, "_corner_dots", dense)
 
 
 def _dense_explicit(q, k, v):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from scripts.networks import ms_deform_attn as msda
+from scripts.networks import ms_deform_attn_gather as gather
 from scripts.networks.detrans import voxel_centre_reference_points
 from scripts.networks.ms_deform_attn import (
     MSDeformAttn3D,
@@ -99,7 +100,7 @@ def test_corner_dots_both_kernels(sparse, table_rows):
     rows = torch.randint(0, table_rows, (5, 8), generator=generator)
     rows[0, :2] = table_rows - 1  # a repeated index within a bag
     expected = (table[rows] * grad[:, None, :]).sum(-1)
-    torch.testing.assert_close(msda._corner_dots(grad, table, rows, sparse=sparse), expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gather._corner_dots(grad, table, rows, sparse=sparse), expected, atol=1e-12, rtol=0)
 
 
 def test_function_dispatch_and_arguments():
