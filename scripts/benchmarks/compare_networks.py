@@ -338,8 +338,8 @@ def report(results: dict[str, dict[str, Any]], info: dict[str, str], settings: M
     ]
     if reduced_patch or reduced_volume:
         lines += [
-            "**Measured at reduced sizes, not the full ones**: this CPU needs ~8 s per CoTr forward of one 192x192x48 "
-            "window, so the full-size run (125 windows per volume, x8 with flip TTA, for 7 networks) takes many hours. "
+            "**Measured at reduced sizes, not the full ones**: on a CPU a CoTr forward of one 192x192x48 window takes "
+            "seconds, so the full-size run (125 windows per volume, x8 with flip TTA, for 7 networks) takes many hours. "
             "Sizes measured here:",
             "",
         ]

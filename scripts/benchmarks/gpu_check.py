@@ -295,7 +295,7 @@ def _step_function(
     parser["network"] = network
     loss_fn, optimizer = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    x, target = _batch(sizes, 2, parser["num_classes"], device)
+    x, target = _batch(sizes, 2, parser.get_parsed_content("num_classes"), device)
     network.train()
     return functools.partial(_training_step, network, loss_fn, optimizer, scaler, x, target), scaler
 

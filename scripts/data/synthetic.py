@@ -217,7 +217,7 @@ def make_phantom(
     widen = 1.0 - 0.03 * wz
     rho = np.sqrt((u2 / (a0 * widen)) ** 2 + (v2 / (b0 * widen)) ** 2)  # 1 at the skin
 
-    # --- organs (labels in SPEC order; painted large to small, later overwrites earlier) ---
+    # --- organs (labels in BTCV_LABELS order; painted large to small, later overwrites earlier) ---
     cv.ellipsoid(6, jit((0.42, 0.02, 0.45)), size((0.40, 0.44, 0.50)), amp=0.12)  # liver, right upper
     cv.ellipsoid(6, jit((0.05, 0.30, 0.62)), size((0.32, 0.16, 0.24)), amp=0.12)  # liver, left lobe
     cv.ellipsoid(1, jit((-0.55, -0.22, 0.40)), size((0.14, 0.20, 0.28)))  # spleen, left posterior

@@ -41,7 +41,7 @@ def compile_for_inference(network: nn.Module) -> None:
     """
     Compile ``network`` in place (``network.compile``) with Inductor's weight freezing, for a process that only
     predicts: graphs compiled without gradients fold the weights in as constants and prepack the convolution
-    weights (CoTr on CPU: 5.9 s instead of 6.9 s per 192x192x48 window compiled without it).
+    weights (the gain on CPU is measured in ``docs/benchmarks.md``, "Whole-volume inference").
 
     Freezing is a process-wide Inductor setting (``torch.compile(options=...)`` does not reach it), and weights
     loaded after the first forward pass are ignored: load the checkpoint before predicting (the workflows'

@@ -107,7 +107,8 @@ def _plan_chunks(
 def _channel_argmax(probabilities: torch.Tensor) -> torch.Tensor:
     """
     uint8 index of the first maximum over the channels of ``probabilities`` (C, ...), as ``argmax(dim=0)``: a running
-    maximum over the channels, ~5x faster on CPU than ``torch.argmax``'s reduction over the outer axis.
+    maximum over the channels, faster on CPU than ``torch.argmax``'s reduction over the outer axis
+    (``docs/benchmarks.md``, "Streaming inference").
     """
     if probabilities.shape[0] > MAX_CLASSES:
         raise ValueError(f"uint8 labels hold at most {MAX_CLASSES} classes, got {probabilities.shape[0]} channels.")

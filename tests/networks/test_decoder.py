@@ -62,7 +62,7 @@ def test_structure():
 
 
 def test_final_logits_equal_the_papers_upsample_then_project():
-    """With zeroed transposed convs the finest map is block(stem skip); the output must equal SPEC's
+    """With zeroed transposed convs the finest map is block(stem skip); the output must equal the paper's
     1x1 conv(trilinear x[2, 2, 1](x)), while the 1x1 conv runs on the coarse map (the cheap order)."""
     torch.manual_seed(1)
     dec = CoTrDecoder(CHANNELS, DEFAULT_STRIDES, out_channels=3, norm_name=NORM, act_name=ACT).double().eval()

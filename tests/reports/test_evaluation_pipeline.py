@@ -100,8 +100,8 @@ def _evaluate(study: dict, output_dir: str, **overrides) -> dict:
     engine.run(batches, max_epochs=1)
     assert sorted(metrics) == sorted(parser.get_parsed_content("metric_names"))
     write_evaluation_report(
-        output_dir, parser["label_names"], parser["merged_label_names"], organs=parser.get_parsed_content("organs"),
-        merged_label_map=parser["merged_label_map"],
+        output_dir, parser.get_parsed_content("label_names"), parser.get_parsed_content("merged_label_names"),
+        organs=parser.get_parsed_content("organs"), merged_label_map=parser.get_parsed_content("merged_label_map"),
     )
     return {"metrics": engine.state.metrics}
 
