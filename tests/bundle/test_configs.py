@@ -170,7 +170,7 @@ def test_startup_is_one_id_that_every_initialize_runs_first():
 
 
 def test_rank_zero_handlers_are_named_and_write_every_file(single_process_group, monkeypatch, synthetic_study):
-    """On rank > 0 the trainer gets only train#handlers_all_ranks, and none of them writes a file."""
+    """On rank > 0 the trainer gets only train#handlers (every rank's), and none of them writes a file."""
     from monai.handlers import CheckpointSaver, MetricsSaver, TensorBoardHandler
 
     from scripts.report import TrainingCurvesHandler
@@ -178,7 +178,7 @@ def test_rank_zero_handlers_are_named_and_write_every_file(single_process_group,
     parser = ConfigParser()
     parser.read_config(config_paths("train.json", "demo.json", "multi_gpu_train.json"))
     parser.update({"dataset_dir": synthetic_study, "cache_rate": 0.0, "num_workers": 0})
-    every_rank = parser["train"]["handlers_all_ranks"]
+    every_rank = parser["train"]["handlers"]
     rank_zero = parser["train"]["handlers_rank_zero"]
     writes = ("save_dir", "log_dir", "output_dir", "summary_writer", "writers", "output_png", "filename")
     for handler in every_rank:

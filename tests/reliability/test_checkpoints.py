@@ -125,7 +125,7 @@ def test_configs_use_the_atomic_writers():
 
     parser = ConfigParser()
     parser.read_config(config_paths("train.json", "demo.json"))
-    handlers = parser["train"]["handlers_all_ranks"] + parser["train"]["handlers_rank_zero"]
+    handlers = parser["train"]["handlers"] + parser["train"]["handlers_rank_zero"]
     handlers += [parser["validate"]["best_model_saver"]]
     savers = [h["_target_"] for h in handlers if "CheckpointSaver" in h["_target_"]]
     assert savers == [
@@ -152,8 +152,8 @@ def test_handler_indices_the_configs_rely_on():
 
     parser = ConfigParser()
     parser.read_config(config_paths("train.json", "demo.json"))
-    every_rank, rank_zero = parser["train"]["handlers_all_ranks"], parser["train"]["handlers_rank_zero"]
-    assert parser["train"]["handlers"] == "$@train#handlers_all_ranks + @train#handlers_rank_zero"
+    every_rank, rank_zero = parser["train"]["handlers"], parser["train"]["handlers_rank_zero"]
+    assert parser["train"]["trainer"]["train_handlers"] == "$@train#handlers + @train#handlers_rank_zero"
     handlers = every_rank + rank_zero
     assert every_rank[0]["_target_"] == "scripts.checkpoint.ResumeTraining"  # every rank restores the state
     assert [h["_target_"] for h in rank_zero] == [
@@ -170,7 +170,7 @@ def test_handler_indices_the_configs_rely_on():
     assert [h["summary_writer"] for h in tensorboard] == ["@tensorboard_writer"] * 2
     multi = json.load(open(os.path.join(CONFIGS, "multi_gpu_train.json")))
     assert multi["train#trainer#train_handlers"] == (
-        "$@train#handlers_all_ranks + (@train#handlers_rank_zero if dist.get_rank() == 0 else [])"
+        "$@train#handlers + (@train#handlers_rank_zero if dist.get_rank() == 0 else [])"
     )
 
 
@@ -252,7 +252,7 @@ def test_configs_load_checkpoints_through_the_safe_loader_with_map_location():
         assert loader["_target_"] == "scripts.checkpoint.CheckpointLoader" and loader["map_location"] == "@device", files
     parser = ConfigParser()
     parser.read_config(config_paths("train.json"))
-    assert parser["train"]["handlers_all_ranks"][0]["map_location"] == "@device"
+    assert parser["train"]["handlers"][0]["map_location"] == "@device"
 
 
 def test_missing_and_truncated_checkpoints_name_the_file(tmp_path):
