@@ -12,7 +12,8 @@ From the labelled cases of a datalist (written by :mod:`scripts.data.prepare_dat
   0.5 / 99.5 percentiles (``hu_min`` / ``hu_max``), mean and standard deviation; for any other modality, per-image
   z-score normalisation instead, and a foreground crop above the darkest value;
 - the patch size: the median image size at the target spacing, rounded down to a multiple of the network's
-  total stride, at least twice that stride and at most the paper's patch;
+  total stride (the ``size_divisor`` of ``network_def`` in ``configs/train.json``), at least twice that stride and
+  at most the paper's patch;
 - the classes: ``num_classes`` and ``label_names`` from the datalist.
 
 Per-case spacing, shape and intensity range come from MONAI's :class:`monai.apps.auto3dseg.DataAnalyzer`
@@ -39,7 +40,9 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 from monai.apps.auto3dseg import DataAnalyzer
+from monai.bundle import ConfigParser
 from monai.utils.enums import DataStatsKeys, ImageStatsKeys
 
 from scripts.data.checks import run_data_cli
@@ -51,6 +54,7 @@ __all__ = [
     "anisotropic_target_spacing",
     "foreground_intensity_statistics",
     "fit_patch_size",
+    "network_size_divisor",
     "dataset_metadata",
     "fingerprint",
 ]
@@ -64,9 +68,8 @@ ANISOTROPY_RATIO = 3.0
 COARSE_AXIS_PERCENTILE = 10.0
 #: the 0.5 and 99.5 foreground percentiles clip the CT intensities
 CLIP_PERCENTILES = (0.5, 99.5)
-#: the paper's training patch and CoTr's total stride (stem x three stages), MONAI (x, y, z) order
+#: the paper's training patch, MONAI (x, y, z) order
 DEFAULT_MAX_PATCH = (192, 192, 48)
-DEFAULT_NETWORK_STRIDE = (16, 16, 8)
 
 
 def anisotropic_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> list[float]:
@@ -122,10 +125,17 @@ def foreground_intensity_statistics(pairs: Sequence[tuple[str, str]]) -> dict[st
     }
 
 
+def network_size_divisor(config_file: str = os.path.join(BUNDLE_ROOT, "configs", "train.json")) -> list[int]:
+    """The total stride (x, y, z) of the config's ``network_def``: its ``size_divisor``, built without weights."""
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    with torch.device("meta"):  # the structure only: no weights are allocated or initialised
+        network = parser.get_parsed_content("network_def")
+    return [int(d) for d in network.size_divisor]
+
+
 def fit_patch_size(
-    median_shape: Sequence[float],
-    network_stride: Sequence[int] = DEFAULT_NETWORK_STRIDE,
-    max_patch: Sequence[int] = DEFAULT_MAX_PATCH,
+    median_shape: Sequence[float], network_stride: Sequence[int], max_patch: Sequence[int] = DEFAULT_MAX_PATCH
 ) -> list[int]:
     """
     The largest patch, per axis, that fits the median image, is a multiple of the network's total stride, is at
@@ -182,7 +192,7 @@ def fingerprint(
     output_dir: str | None = None,
     keys: Sequence[str] = ("training", "validation"),
     max_patch: Sequence[int] = DEFAULT_MAX_PATCH,
-    network_stride: Sequence[int] = DEFAULT_NETWORK_STRIDE,
+    network_stride: Sequence[int] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """
@@ -196,7 +206,8 @@ def fingerprint(
         output_dir: folder of the overlay; default ``configs/datasets`` of this bundle.
         keys: datalist keys whose labelled cases are fingerprinted.
         max_patch: largest patch size (x, y, z).
-        network_stride: the network's total stride (x, y, z); patch sizes are multiples of it.
+        network_stride: the network's total stride (x, y, z); patch sizes are multiples of it. Default: the
+            ``size_divisor`` of ``network_def`` in ``configs/train.json`` (:func:`network_size_divisor`).
         overwrite: replace existing overlay and metadata files.
 
     Returns:
@@ -234,7 +245,7 @@ def fingerprint(
     shapes = np.array([c[DataStatsKeys.IMAGE_STATS][ImageStatsKeys.SHAPE][0] for c in cases], float)
     spacing = anisotropic_target_spacing(spacings, shapes)
     median_shape = np.median(shapes * spacings / np.asarray(spacing), axis=0)
-    patch = fit_patch_size(median_shape, network_stride, max_patch)
+    patch = fit_patch_size(median_shape, network_stride or network_size_divisor(), max_patch)
 
     names_by_value = {str(k): v for k, v in sorted(label_names.items())}  # the config ids' string keys
     overlay: dict[str, Any] = {

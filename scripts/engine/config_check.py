@@ -14,9 +14,11 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+
 from scripts.engine.inferers import PRECISIONS
 
-__all__ = ["ConfigValueError", "RULES", "check_config"]
+__all__ = ["ConfigValueError", "RULES", "check_config", "check_patch_size"]
 
 
 class ConfigValueError(ValueError):
@@ -54,6 +56,13 @@ def _triple(item: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 3 and all(item(x) for x in v)
 
 
+def _range(item: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(map(item, v)) and v[0] <= v[1]
+
+    return check
+
+
 def _is_path(v: Any) -> bool:
     return isinstance(v, str) and v != ""
 
@@ -69,6 +78,10 @@ def _is_label_names(v: Any) -> bool:
         return sorted(int(k) for k in v) == list(range(len(v)))
     except (TypeError, ValueError):
         return False
+
+
+def _is_label_map(v: Any) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0 and v[0] == 0 and all(map(_int(0), v))
 
 
 def _is_organs(v: Any) -> bool:
@@ -94,6 +107,8 @@ _POSITIVE_INT = ("a positive integer", _int(1))
 _BOOL = ("a boolean (True or False)", _is_bool)
 _NUMBER = ("a number", _number())
 _PATH = ("a non-empty path string", _is_path)
+_PROBABILITY = ("a probability, a number in [0, 1]", _number(0, 1))
+_POSITIVE = ("a positive number", _number(0, low_open=True))
 
 #: config id -> (what it must be, check)
 RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
@@ -123,6 +138,28 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "weight_decay": ("a number >= 0", _number(0)),
     "poly_power": ("a positive number", _number(0, low_open=True)),
     "grad_clip_norm": ("a positive number", _number(0, low_open=True)),
+    "dice_smooth": _POSITIVE,
+    "rotate_range": ("a list of 3 angles >= 0 in radians (x, y, z), e.g. [0.0, 0.0, 3.1416]", _triple(_number(0))),
+    "rotate_prob": _PROBABILITY,
+    "scale_range": ("a list [min, max] of positive zoom factors, e.g. [0.7, 1.4]", _range(_number(0, low_open=True))),
+    "scale_prob": _PROBABILITY,
+    "flip_prob": _PROBABILITY,
+    "noise_std": ("a number >= 0 (normalised intensity)", _number(0)),
+    "noise_prob": _PROBABILITY,
+    "blur_sigma": ("a list [min, max] of Gaussian sigmas >= 0 in voxels, e.g. [0.5, 1.0]", _range(_number(0))),
+    "blur_prob": _PROBABILITY,
+    "brightness_factor": ("a number in [0, 1) (the intensity scales by 1 +- factor)", _number(0, 1, high_open=True)),
+    "brightness_prob": _PROBABILITY,
+    "contrast_factor": ("a number in [0, 1) (the contrast scales by 1 +- factor)", _number(0, 1, high_open=True)),
+    "contrast_prob": _PROBABILITY,
+    "low_resolution_zoom": (
+        "a list [min, max] of zoom factors in (0, 1], e.g. [0.5, 1.0]",
+        _range(_number(0, 1, low_open=True)),
+    ),
+    "low_resolution_prob": _PROBABILITY,
+    "gamma_range": ("a list [min, max] of positive gammas, e.g. [0.7, 1.5]", _range(_number(0, low_open=True))),
+    "gamma_prob": _PROBABILITY,
+    "inverted_gamma_prob": _PROBABILITY,
     "sw_batch_size": _POSITIVE_INT,
     "sw_overlap": ("a number in [0, 1)", _number(0, 1, high_open=True)),
     "checkpoint_interval": ("an integer >= 0 (epochs; 0 saves only at the end)", _int(0)),
@@ -134,6 +171,14 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "save_measurements": _BOOL,
     "save_dicom_seg": _BOOL,
     "min_organ_ml": ("a number >= 0 (mL)", _number(0)),
+    "merged_label_map": (
+        "a list of merged class values >= 0, one per label value 0..N-1 and starting with 0 (background)",
+        _is_label_map,
+    ),
+    "merged_label_names": (
+        "a map of merged class value -> name for the values 0..M-1, e.g. {'0': 'background', '1': 'kidneys'}",
+        _is_label_names,
+    ),
     "organs": (
         "null (every organ) or a list of organ names of the label table, e.g. ['liver', 'spleen']",
         _is_organs,
@@ -148,13 +193,19 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
         "a number of mm >= 0, or a map organ name -> mm with an optional 'default', e.g. {'default': 3, 'liver': 5}",
         _is_tolerance_mm,
     ),
+    "bundle_root": _PATH,
     "dataset_dir": _PATH,
+    "data_list_file_path": _PATH,
     "output_dir": _PATH,
     "ckpt_dir": _PATH,
     "ckpt_path": _PATH,
     "ckpt_files": (
         "null (the one checkpoint ckpt_path) or a non-empty list of checkpoint paths, one per ensemble member",
         lambda v: v is None or (isinstance(v, Sequence) and not isinstance(v, str) and v and all(map(_is_path, v))),
+    ),
+    "image_readers": (
+        "a non-empty list of MONAI image reader names, tried in order, e.g. ['NibabelReader']",
+        lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0 and all(map(_is_path, v)),
     ),
     "image_pattern": (
         "a glob pattern string that input folder entries must match, e.g. '*.nii.gz', or '' for every entry",
@@ -208,7 +259,40 @@ def check_config(values: Mapping[str, Any]) -> None:
             "(e.g. --label_names \"{'0': 'background', '1': 'liver'}\"), or use the dataset overlay written by "
             "python -m scripts.data.fingerprint"
         )
+    merged_map, merged_names = values.get("merged_label_map"), values.get("merged_label_names")
+    if _is_label_map(merged_map) and _is_int(num_classes) and len(merged_map) != num_classes:
+        problems.append(
+            f"config id 'merged_label_map' maps {len(merged_map)} label values but 'num_classes' is {num_classes}"
+        )
+    if _is_label_map(merged_map) and _is_label_names(merged_names) and max(merged_map) + 1 != len(merged_names):
+        problems.append(
+            f"config id 'merged_label_names' names {len(merged_names)} merged classes but 'merged_label_map' "
+            f"maps to {max(merged_map) + 1}"
+        )
     if problems:
         raise ConfigValueError(
             f"{len(problems)} invalid config value(s):\n" + "\n".join(f"  {p}" for p in problems)
         )
+
+
+def check_patch_size(patch_size: Sequence[int], network: torch.nn.Module) -> None:
+    """
+    Check that ``patch_size`` (x, y, z) fits ``network``, run in ``initialize`` before any data is cached.
+
+    A network with a ``size_divisor`` (its total stride per axis, e.g. CoTr's) decides with its
+    ``check_input_size``; other networks (the MONAI baselines) are not checked here.
+
+    Raises:
+        ConfigValueError: the network refuses a patch of that size; the message names ``patch_size`` and the
+            divisor.
+    """
+    check = getattr(network, "check_input_size", None)
+    if getattr(network, "size_divisor", None) is None or check is None:
+        return
+    try:
+        check(tuple(patch_size))
+    except ValueError as e:
+        raise ConfigValueError(
+            f"config id 'patch_size' {list(patch_size)} does not fit network_def: {e} Choose a multiple of "
+            f"{list(network.size_divisor)} per axis (e.g. --patch_size \"{[2 * d for d in network.size_divisor]}\")."
+        ) from e

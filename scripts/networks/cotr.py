@@ -113,7 +113,8 @@ class CoTr(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def _check_input_size(self, spatial_shape: Sequence[int]) -> None:
+    def check_input_size(self, spatial_shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless the spatial shape (X, Y, Z) fits the network (see ``forward``)."""
         bad = [f"axis {i}: {s}" for i, (s, d) in enumerate(zip(spatial_shape, self.size_divisor)) if s % d]
         if bad:
             raise ValueError(
@@ -138,7 +139,7 @@ class CoTr(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``x``: (B, in_channels, X, Y, Z) with X, Y, Z divisible by ``size_divisor`` and not all equal to it."""
         if not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            self._check_input_size(x.shape[2:])
+            self.check_input_size(x.shape[2:])
         features = self.encoder(x)
         if self.detrans is not None:
             levels = self.detrans.num_levels

@@ -252,7 +252,7 @@ def draw_architecture(output_png: str, input_size: Sequence[int] = (192, 192, 48
     """
     with torch.device("meta"):  # the structure only: no weights are initialised
         net = CoTr(**cotr_kwargs)
-    net._check_input_size(input_size)
+    net.check_input_size(input_size)
     content = describe(net, input_size)
     encoder, decoder, heads, detrans = content["encoder"], content["decoder"], content["heads"], content["detrans"]
     rows = len(encoder)  # input, stem, stages; row 0 at the top

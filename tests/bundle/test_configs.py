@@ -19,6 +19,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from scripts.engine.config_check import RULES, ConfigValueError, check_config
+
 from .conftest import BUNDLE_ROOT, CONFIGS, SCHEMA, config_paths, run_cli
 
 WORKFLOWS = [
@@ -55,6 +57,140 @@ def test_check_properties(files, workflow_type, synthetic_study, request):
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+
+
+#: every config file as it is run: alone or over the configs it overlays
+CONFIG_STACKS = [
+    ["train.json"], ["train.json", "demo.json"], ["train.json", "evaluate.json"],
+    ["train.json", "evaluate.json", "demo.json"], ["train.json", "multi_gpu_train.json"],
+    ["train.json", "evaluate.json", "multi_gpu_evaluate.json"], ["train.json", "evaluate.json", "datasets/btcv.json"],
+    ["inference.json"], ["inference.json", "demo.json"], ["inference.json", "multi_gpu_inference.json"],
+    ["inference.json", "datasets/btcv.json"],
+    *(["train.json", f"{kind}/{os.path.basename(p)}"] for kind in ("baselines", "variants")
+      for p in sorted(glob.glob(os.path.join(CONFIGS, kind, "*.json")))),
+]
+#: literal ids that are not user tunables, so they have no rule in scripts.engine.config_check.RULES (an id ending in '#'
+#: covers every id below it)
+NOT_TUNABLE = {
+    "network_def#": "network hyperparameters: the network's constructor refuses inconsistent values (e.g. CoTr's "
+    "d_model against the widths it attends over) and startup checks patch_size against the built network",
+    "train#dataloader#shuffle": "multi-GPU: must stay false, the DistributedSampler shuffles",
+    "validate#dataset#cache_rate": "evaluation reads each case once: a cache would only hold every volume in memory",
+    "metric_names": "the evaluation's metric ids that MetricsSaver writes, fixed by validate#additional_metrics",
+}
+
+
+def _parsed(*files: str) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(config_paths(*files))
+    return parser
+
+
+def _is_literal(value) -> bool:
+    """A plain value (number, bool, string, list or map of them): no reference, expression, macro or component."""
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, dict):
+        return "_target_" not in value and all(map(_is_literal, value.values()))
+    return all(map(_is_literal, value)) if isinstance(value, list) else True
+
+
+def _ids_a_run_reads(parser: ConfigParser) -> set[str]:
+    """The ids ``initialize``, ``run`` and ``finalize`` reach through references and macros, transitively."""
+    seen, todo = set(), ["initialize", "run", "finalize"]
+    while todo:
+        name = todo.pop()
+        if name not in seen and name in parser:
+            seen.add(name)
+            todo += re.findall(r"[@%]([\w#]+)", json.dumps(parser[name]))
+    return seen
+
+
+def test_every_config_file_is_in_a_checked_stack():
+    files = {os.path.relpath(p, CONFIGS) for p in glob.glob(os.path.join(CONFIGS, "**", "*.json"), recursive=True)}
+    assert files - {"metadata.json"} == {f for stack in CONFIG_STACKS for f in stack}
+
+
+@pytest.mark.parametrize("files", CONFIG_STACKS, ids=["+".join(f) for f in CONFIG_STACKS])
+def test_every_literal_tunable_id_is_checked(files):
+    """A top-level or ``#``-path literal id that the stack uses is in ``checked_config`` with a rule, or not tunable."""
+    parser = ConfigParser()
+    parser.read_config(config_paths(*files))
+    checked = set(parser["checked_config"])
+    assert checked <= set(RULES), sorted(checked - set(RULES))
+    read = _ids_a_run_reads(parser)
+    unchecked = []
+    for name in files:
+        for key, value in json.load(open(os.path.join(CONFIGS, name))).items():
+            key = key.removeprefix("+")
+            if key.startswith("checked_config") or not _is_literal(value) or key in checked:
+                continue
+            if any(key == k or (k.endswith("#") and key.startswith(k)) for k in NOT_TUNABLE):
+                continue
+            # an id that no run of this stack reads (e.g. demo's training ids under inference.json, the fingerprint's
+            # provenance record) tunes nothing here
+            parts = key.split("#")
+            if any("#".join(parts[:i]) in read for i in range(1, len(parts) + 1)) or any(
+                r.startswith(key + "#") for r in read
+            ):
+                unchecked.append(f"{name}: {key}")
+    assert not unchecked, f"literal ids without a rule: add them to checked_config and scripts.engine.config_check.RULES, " \
+        f"or to NOT_TUNABLE with the reason: {unchecked}"
+
+
+def test_a_new_literal_id_without_a_rule_is_found(tmp_path):
+    """The coverage check fails on an id like the ones it passes (a control for the test above)."""
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps({"mixup_prob": 0.2, "train#random_transforms#1#prob": "@mixup_prob"}))
+    parser = ConfigParser()
+    parser.read_config([*config_paths("train.json"), str(overlay)])
+    read = _ids_a_run_reads(parser)
+    assert {"mixup_prob", "rotate_range#0", "train#dataloader"} <= read and "mixup_prob" not in parser["checked_config"]
+    assert "optimizer" not in _ids_a_run_reads(_parsed("inference.json", "demo.json"))  # demo's, unread there
+    with pytest.raises(ConfigValueError):  # and the values the new rules refuse are refused in startup
+        check_config({"rotate_prob": 2.0})
+
+
+def test_startup_is_one_id_that_every_initialize_runs_first():
+    """Every run starts with the same ``startup`` steps (error handler, config check, seed, patch check)."""
+    startups = []
+    for files in CONFIG_STACKS:
+        parser = ConfigParser()
+        parser.read_config(config_paths(*files))
+        assert parser["initialize"][0] == "@startup", files
+        assert not [step for step in parser["initialize"][1:] if "check_config" in step or "set_determinism" in step]
+        startups.append(parser["startup"])
+    # train.json and inference.json are run alone, so each holds the list; their overlays extend it, never copy it
+    assert all(s == startups[0] for s in startups)
+    assert startups[0][0] == "$scripts.engine.errors.install_error_handler(@debug)"
+    for name in glob.glob(os.path.join(CONFIGS, "**", "*.json"), recursive=True):
+        if os.path.basename(name) not in ("train.json", "inference.json"):
+            config = json.load(open(name))
+            assert "startup" not in config and ("initialize" not in config or config["initialize"][0] == "@startup")
+
+
+def test_rank_zero_handlers_are_named_and_write_every_file(single_process_group, monkeypatch, synthetic_study):
+    """On rank > 0 the trainer gets only train#handlers (every rank's), and none of them writes a file."""
+    from monai.handlers import CheckpointSaver, MetricsSaver, TensorBoardHandler
+
+    from scripts.reports.curves import TrainingCurvesHandler
+
+    parser = ConfigParser()
+    parser.read_config(config_paths("train.json", "demo.json", "multi_gpu_train.json"))
+    parser.update({"dataset_dir": synthetic_study, "cache_rate": 0.0, "num_workers": 0})
+    every_rank = parser["train"]["handlers"]
+    rank_zero = parser["train"]["handlers_rank_zero"]
+    writes = ("save_dir", "log_dir", "output_dir", "summary_writer", "writers", "output_png", "filename")
+    for handler in every_rank:
+        assert not set(handler) & set(writes) and "@output_dir" not in json.dumps(handler), handler["_target_"]
+    assert [h["_target_"] for h in rank_zero if set(h) & set(writes)]  # the key scan sees the writers
+    for built_with_the_real_rank in ("train#sampler", "validate#sampler"):
+        parser.get_parsed_content(built_with_the_real_rank)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda *args: 1)  # then the trainer of a second process
+    handlers = parser.get_parsed_content("train#trainer#train_handlers")
+    writers = (CheckpointSaver, TensorBoardHandler, MetricsSaver, TrainingCurvesHandler)
+    assert len(handlers) == len(every_rank) and not [h for h in handlers if isinstance(h, writers)]
+    assert type(handlers[0]).__name__ == "ResumeTraining"  # every rank restores the state
 
 
 @pytest.mark.parametrize(

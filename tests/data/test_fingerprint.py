@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts.engine.config_check import check_config
-from scripts.data.fingerprint import anisotropic_target_spacing, fingerprint, fit_patch_size
+from scripts.data.fingerprint import anisotropic_target_spacing, fingerprint, fit_patch_size, network_size_divisor
 from scripts.data.prepare_dataset import prepare_msd
 from scripts.data.synthetic import generate_msd
 
@@ -82,9 +82,15 @@ def test_anisotropic_data_keep_a_coarser_slice_spacing():
 
 
 def test_patch_size_fits_the_data_and_the_network_stride():
-    assert fit_patch_size([300.0, 250.0, 100.0]) == [192, 192, 48]
-    assert fit_patch_size([120.7, 90.0, 37.0]) == [112, 80, 32]
-    assert fit_patch_size([20.0, 12.0, 9.0]) == [32, 32, 16]  # the deepest map must keep 2 voxels per axis
+    stride = network_size_divisor()
+    network_def = json.load(open(os.path.join(CONFIGS, "train.json")))["network_def"]
+    stages = len(network_def["blocks"])  # the stem's stride times every stage's
+    assert stride == [s * t**stages for s, t in zip(network_def["stem_stride"], network_def["stage_stride"])]
+    assert stride == [16, 16, 8]  # the strides the patches below are worked out for
+    assert fit_patch_size([300.0, 250.0, 100.0], stride) == [192, 192, 48]
+    assert fit_patch_size([120.7, 90.0, 37.0], stride) == [112, 80, 32]
+    assert fit_patch_size([20.0, 12.0, 9.0], stride) == [32, 32, 16]  # the deepest map must keep 2 voxels per axis
+    assert fit_patch_size([120.7, 90.0, 37.0], [8, 8, 4]) == [120, 88, 36]
 
 
 def test_mr_gets_per_image_zscore_and_trains_from_the_overlay(tmp_path):

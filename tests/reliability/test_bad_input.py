@@ -260,6 +260,20 @@ WRONG_TYPES = [
     ("label_names", ["background", "liver"], "a map of label value -> class name"),
     ("inference_precision", "half", "must be one of 'float32', 'bfloat16', 'float16', got 'half'"),
     ("compile_network", "true", "write --compile_network True"),
+    ("rotate_prob", 1.2, "must be a probability, a number in [0, 1], got 1.2"),
+    ("flip_prob", "0.5", "must be a probability"),
+    ("rotate_range", [0.0, 3.14], "a list of 3 angles >= 0 in radians"),
+    ("scale_range", [1.4, 0.7], "a list [min, max] of positive zoom factors"),
+    ("blur_sigma", [-0.5, 1.0], "a list [min, max] of Gaussian sigmas >= 0"),
+    ("low_resolution_zoom", [0.5, 1.5], "a list [min, max] of zoom factors in (0, 1]"),
+    ("gamma_range", [0.0, 1.5], "a list [min, max] of positive gammas"),
+    ("brightness_factor", 1.0, "a number in [0, 1)"),
+    ("noise_std", -0.1, "a number >= 0"),
+    ("dice_smooth", 0, "a positive number"),
+    ("merged_label_map", [1, 0, 2], "starting with 0 (background)"),
+    ("merged_label_names", {"1": "kidneys"}, "a map of merged class value -> name"),
+    ("image_readers", [], "a non-empty list of MONAI image reader names"),
+    ("data_list_file_path", "", "a non-empty path string"),
 ]
 
 
@@ -284,6 +298,42 @@ def test_label_names_must_name_every_class():
     check_config({"num_classes": 3, "label_names": {"0": "background", "1": "liver", "2": "spleen"}})
 
 
+def test_merged_label_map_must_fit_both_label_tables():
+    names = {"0": "background", "1": "kidneys"}
+    with pytest.raises(ConfigValueError) as raised:
+        check_config({"num_classes": 4, "merged_label_map": [0, 1, 1, 2], "merged_label_names": names})
+    assert "'merged_label_names' names 2 merged classes but 'merged_label_map' maps to 3" in str(raised.value)
+    with pytest.raises(ConfigValueError, match="'merged_label_map' maps 3 label values but 'num_classes' is 4"):
+        check_config({"num_classes": 4, "merged_label_map": [0, 1, 1]})
+    check_config({"num_classes": 3, "merged_label_map": [0, 1, 1], "merged_label_names": names})
+
+
+@pytest.mark.parametrize(
+    "patch, fits", [([64, 64, 32], True), ([32, 32, 16], True), ([16, 16, 8], False), ([64, 60, 32], False)]
+)
+def test_patch_size_is_checked_against_the_network_stride(patch, fits):
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import SegResNet
+
+    from scripts.engine.config_check import check_patch_size
+
+    parser = ConfigParser()
+    parser.read_config(config_paths(*TRAIN))
+    network = parser.get_parsed_content("network_def")
+    # the demo CoTr: stem (2, 2, 1) then three stages of (2, 2, 2), so 16 x 16 x 8; a patch of exactly that is one
+    # voxel deep, which instance normalisation cannot normalise
+    divisor = [2 * 2 * 2 * 2, 2 * 2 * 2 * 2, 1 * 2 * 2 * 2]
+    assert list(network.size_divisor) == divisor
+    expected = all(p % d == 0 for p, d in zip(patch, divisor)) and patch != divisor
+    assert fits == expected
+    if fits:
+        check_patch_size(patch, network)
+    else:
+        with pytest.raises(ConfigValueError, match=r"config id 'patch_size' .* does not fit network_def.*\[16, 16, 8\]"):
+            check_patch_size(patch, network)
+    check_patch_size(patch, SegResNet(spatial_dims=3, init_filters=8))  # networks without a stride are not checked
+
+
 def test_unknown_checked_id_is_a_config_mistake():
     with pytest.raises(KeyError, match="no_such_id"):
         check_config({"no_such_id": 1})
@@ -302,7 +352,7 @@ def test_config_defaults_pass_their_checks(files):
     assert set(checked) <= set(RULES) and {"num_classes", "patch_size", "amp"} <= set(checked)
     check_config(checked)
     initialize = parser.get("initialize")
-    assert any("check_config(@checked_config)" in step for step in initialize)
+    assert initialize[0] == "@startup" and any("check_config(@checked_config)" in step for step in parser.get("startup"))
 
 
 def test_wrong_override_fails_in_initialize(tmp_path):

@@ -125,7 +125,8 @@ def test_configs_use_the_atomic_writers():
 
     parser = ConfigParser()
     parser.read_config(config_paths("train.json", "demo.json"))
-    handlers = parser["train"]["handlers"] + [parser["validate"]["best_model_saver"]]
+    handlers = parser["train"]["handlers"] + parser["train"]["handlers_rank_zero"]
+    handlers += [parser["validate"]["best_model_saver"]]
     savers = [h["_target_"] for h in handlers if "CheckpointSaver" in h["_target_"]]
     assert savers == [
         "scripts.engine.checkpoint.AtomicCheckpointSaver",
@@ -144,17 +145,18 @@ def test_configs_use_the_atomic_writers():
 
 
 def test_handler_indices_the_configs_rely_on():
-    """TrainingCurvesHandler flushes the shared TensorBoard writer; multi-GPU drops the last 6 handlers on rank > 0."""
+    """TrainingCurvesHandler flushes the shared TensorBoard writer; multi-GPU runs the rank-zero ones on rank 0 only."""
     import json
 
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(config_paths("train.json", "demo.json"))
-    handlers = parser["train"]["handlers"]
-    targets = [h["_target_"] for h in handlers]
-    assert targets[0] == "scripts.engine.checkpoint.ResumeTraining"  # every rank restores the state
-    assert targets[-6:] == [
+    every_rank, rank_zero = parser["train"]["handlers"], parser["train"]["handlers_rank_zero"]
+    assert parser["train"]["trainer"]["train_handlers"] == "$@train#handlers + @train#handlers_rank_zero"
+    handlers = every_rank + rank_zero
+    assert every_rank[0]["_target_"] == "scripts.engine.checkpoint.ResumeTraining"  # every rank restores the state
+    assert [h["_target_"] for h in rank_zero] == [
         "scripts.engine.checkpoint.AtomicCheckpointSaver",
         "scripts.engine.checkpoint.ResumableCheckpointSaver",
         "StatsHandler",
@@ -167,7 +169,9 @@ def test_handler_indices_the_configs_rely_on():
     tensorboard = [h for h in handlers + parser["validate"]["handlers"] if isinstance(h, dict) and h["_target_"] == "TensorBoardStatsHandler"]
     assert [h["summary_writer"] for h in tensorboard] == ["@tensorboard_writer"] * 2
     multi = json.load(open(os.path.join(CONFIGS, "multi_gpu_train.json")))
-    assert "[: -6 if dist.get_rank() > 0 else None]" in multi["train#trainer#train_handlers"]
+    assert multi["train#trainer#train_handlers"] == (
+        "$@train#handlers + (@train#handlers_rank_zero if dist.get_rank() == 0 else [])"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
