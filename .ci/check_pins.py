@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         for python in args.pythons:
             for name, version in packages.items():
                 reason = check(name, version, python, args.index_url, download_dir)
-                print(f"python {python}  {name}=={version}: {'ok' if reason is None else 'MISSING - ' + reason}", flush=True)
+                print(
+                    f"python {python}  {name}=={version}: {'ok' if reason is None else 'MISSING - ' + reason}",
+                    flush=True,
+                )
                 if reason is not None:
                     failures.append(f"{name}=={version} on Python {python}: {reason}")
     if failures:

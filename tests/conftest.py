@@ -16,5 +16,14 @@ def synthetic_study(tmp_path_factory) -> str:
     from scripts.data.synthetic import generate
 
     root = str(tmp_path_factory.mktemp("study"))
-    generate(root, num_cases=6, num_test=2, shape=(96, 96, 32), spacing=(2.0, 2.0, 4.5), seed=3, val_fraction=0.34, overwrite=True)
+    generate(
+        root,
+        num_cases=6,
+        num_test=2,
+        shape=(96, 96, 32),
+        spacing=(2.0, 2.0, 4.5),
+        seed=3,
+        val_fraction=0.34,
+        overwrite=True,
+    )
     return root

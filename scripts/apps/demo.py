@@ -71,7 +71,12 @@ def run_demo(
     inference_dir = os.path.join(workdir, "inference")
     paths["dataset_dir"] = os.path.join(data_dir, "Testing", "img")
     run_bundle(
-        "inference", ["inference.json", "demo.json"], output_dir=inference_dir, save_overlays=True, overwrite=True, **paths
+        "inference",
+        ["inference.json", "demo.json"],
+        output_dir=inference_dir,
+        save_overlays=True,
+        overwrite=True,
+        **paths,
     )
 
     dice = _mean_dice(os.path.join(evaluation, "metrics.csv"))

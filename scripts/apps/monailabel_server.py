@@ -131,8 +131,9 @@ def start_server(
     output = open(log_file, "ab") if log_file else None
     try:
         # run from the app folder: nothing of this repository (its `scripts` and `tests` packages) on sys.path
-        process = subprocess.Popen(command, cwd=app, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=app, stdout=output, stderr=subprocess.STDOUT if output else None, start_new_session=True
+        )
     finally:
         if output:
             output.close()

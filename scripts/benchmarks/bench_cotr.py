@@ -211,7 +211,9 @@ def run_benchmark(
             model = CoTr(use_checkpoint=use_checkpoint)
             model.load_state_dict(state)
             key = f"train_checkpoint_{use_checkpoint}"
-            results[key] = _training(model, patch, train_batch, train_repeats, train_warmup if not use_checkpoint else 0)
+            results[key] = _training(
+                model, patch, train_batch, train_repeats, train_warmup if not use_checkpoint else 0
+            )
             print(f"training, use_checkpoint={use_checkpoint}:", _fmt_run(results[key]), flush=True)
             del model
     info["load_end"] = load_average()
@@ -245,7 +247,7 @@ def _report(results: dict, info: dict[str, str]) -> str:
         "the rest of the step (loss, hook overhead) is the difference to the total. Peak memory = increase of "
         "resident memory during the call (weights and input not counted).",
         "",
-        "The paper's \"< 30 ms per 48x192x192 volume on a GTX 2080Ti\" is a GPU figure: no GPU was available for this "
+        'The paper\'s "< 30 ms per 48x192x192 volume on a GTX 2080Ti" is a GPU figure: no GPU was available for this '
         "measurement, so it is neither reproduced nor contradicted here.",
         "",
         "### Inference (eval, batch 1, `inference_mode`)",
@@ -282,8 +284,8 @@ def _report(results: dict, info: dict[str, str]) -> str:
             saving = 1 - ckpt["memory"] / plain["memory"]
             lines += [
                 "",
-                f"Activation checkpointing (`use_checkpoint=True`) saves {100 * saving:.0f}% of the training step's peak "
-                f"memory ({format_bytes(plain['memory'])} -> {format_bytes(ckpt['memory'])}, "
+                f"Activation checkpointing (`use_checkpoint=True`) saves {100 * saving:.0f}% of the training step's "
+                f"peak memory ({format_bytes(plain['memory'])} -> {format_bytes(ckpt['memory'])}, "
                 f"{plain['memory'] / ckpt['memory']:.1f}x less) for {100 * (ckpt['total'] / plain['total'] - 1):.0f}% "
                 "more time per step.",
             ]

@@ -9,9 +9,10 @@ straightforward one.
 
 With ``--streaming True`` it compares instead the whole-volume inferer and postprocessing the configs had before
 (sliding window, then softmax, ``Invertd`` and argmax of whole-volume probabilities) with the streaming one,
-:class:`scripts.engine.streaming.StreamingSegmentationInferer` (labels straight in the original geometry, bounded memory),
-each in its own process: peak memory of the whole run and of the case's inference + postprocessing, time, windows,
-seconds per window and the Dice of the streaming labels against the whole-volume ones, for every size in ``--shapes``.
+:class:`scripts.engine.streaming.StreamingSegmentationInferer` (labels straight in the original geometry, bounded
+memory), each in its own process: peak memory of the whole run and of the case's inference + postprocessing, time,
+windows, seconds per window and the Dice of the streaming labels against the whole-volume ones, for every size in
+``--shapes``.
 
 Usage::
 
@@ -20,7 +21,8 @@ Usage::
     python -m scripts.benchmarks.bench_inference --overlay configs/demo.json --checkpoint demo/models/model.pt
     python -m scripts.benchmarks.bench_inference --network_standin True    # the memory of everything but the network
     python -m scripts.benchmarks.bench_inference --streaming True --shapes "[[512,512,300]]"  # ~1 h on 2 CPU cores
-    python -m scripts.benchmarks.bench_inference --streaming True --network_standin True --shapes "[[512,512,300],[512,512,1000]]"
+    python -m scripts.benchmarks.bench_inference --streaming True --network_standin True \\
+        --shapes "[[512,512,300],[512,512,1000]]"
 
 Without ``--checkpoint`` the network has seeded random weights: the times and memory are those of the real
 network, but its near-tied logits make the Dice a worst case for agreement; a trained checkpoint gives the
@@ -55,23 +57,28 @@ from scripts.benchmarks.common import (
     _reset_peak_rss,
     current_rss,
     format_bytes,
+    load_average,
     machine_info,
     machine_line,
     markdown_table,
-    load_average,
     measure_peak_rss,
     num_windows,
     release_memory,
     set_malloc_mmap_threshold,
     update_docs_section,
 )
+from scripts.data.synthetic import make_phantom, phantom_to_nifti
 from scripts.engine.inferers import default_precision
 from scripts.networks.decoder import CoTrDecoder
-from scripts.data.synthetic import make_phantom, phantom_to_nifti
 
 __all__ = [
-    "VARIANTS", "STREAMING_INFERER", "WHOLE_VOLUME_INFERER", "comparison_overrides", "run_benchmark",
-    "run_streaming_benchmark", "segmentation_dice",
+    "VARIANTS",
+    "STREAMING_INFERER",
+    "WHOLE_VOLUME_INFERER",
+    "comparison_overrides",
+    "run_benchmark",
+    "run_streaming_benchmark",
+    "segmentation_dice",
 ]
 
 #: a 1x1x1 convolution in place of CoTr: the pipeline's own memory and time (buffers, postprocessing) at full size
@@ -83,13 +90,17 @@ STANDIN_DESCRIPTION = "a 1x1x1 convolution standing in for the network"
 #: name -> config overrides; the first is the reference the others are compared with
 VARIANTS: dict[str, dict[str, Any]] = {
     "straightforward (float32, 1 window per call, output layer in the paper's order)": {
-        "inference_precision": "float32", "sw_batch_size": 1,
+        "inference_precision": "float32",
+        "sw_batch_size": 1,
     },
     "fast, float32 (output layer projected first, encoder + decoder compiled with frozen weights)": {
-        "inference_precision": "float32", "sw_batch_size": 1, "compile_network": True,
+        "inference_precision": "float32",
+        "sw_batch_size": 1,
+        "compile_network": True,
     },
     "fast, bfloat16 autocast where native (output layer projected first, 2 windows per call)": {
-        "inference_precision": default_precision(), "sw_batch_size": 2,
+        "inference_precision": default_precision(),
+        "sw_batch_size": 2,
     },
 }
 
@@ -127,8 +138,12 @@ WHOLE_VOLUME_INFERER: dict[str, Any] = {
 WHOLE_VOLUME_POSTPROCESSING: list[dict[str, Any]] = [
     {"_target_": "Activationsd", "keys": "pred", "softmax": True},
     {
-        "_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-        "nearest_interp": False, "to_tensor": True,
+        "_target_": "Invertd",
+        "keys": "pred",
+        "transform": "@preprocessing",
+        "orig_keys": "image",
+        "nearest_interp": False,
+        "to_tensor": True,
     },
     {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
 ]
@@ -145,9 +160,9 @@ MEMORY_SHARE = 0.8
 
 def comparison_overrides(parser: ConfigParser) -> dict[str, dict[str, Any]]:
     """
-    ``"whole_volume"`` and ``"streaming"``: overrides of ``parser``'s inference config with :data:`WHOLE_VOLUME_INFERER` and
-    :data:`WHOLE_VOLUME_POSTPROCESSING` before the config's saving transforms, and with :data:`STREAMING_INFERER` and the
-    saving transforms alone (whichever inferer the config has).
+    ``"whole_volume"`` and ``"streaming"``: overrides of ``parser``'s inference config with :data:`WHOLE_VOLUME_INFERER`
+    and :data:`WHOLE_VOLUME_POSTPROCESSING` before the config's saving transforms, and with :data:`STREAMING_INFERER`
+    and the saving transforms alone (whichever inferer the config has).
     """
     streamed = {t["_target_"] for t in WHOLE_VOLUME_POSTPROCESSING}
 
@@ -200,7 +215,9 @@ def _checkpoint(parser: ConfigParser, path: str, seed: int) -> str:
 
 def _run_variant(config_files: Sequence[str], overrides: Mapping[str, Any], paper_order: bool) -> float:
     workflow = ConfigWorkflow(config_file=list(config_files), workflow_type="infer", **overrides)
-    output_layer = mock.patch.object(CoTrDecoder, "final_logits", paper_order_final_logits) if paper_order else nullcontext()
+    output_layer = (
+        mock.patch.object(CoTrDecoder, "final_logits", paper_order_final_logits) if paper_order else nullcontext()
+    )
     start = time.perf_counter()
     # compile_for_inference sets Inductor's process-wide weight freezing: undone after the variant
     with output_layer, torch._inductor.config.patch(freezing=torch._inductor.config.freezing):
@@ -247,7 +264,11 @@ def run_benchmark(
                 json.dump({"network_def": STANDIN_NETWORK}, f)
         start = time.perf_counter()
         _write_volume(inputs, shape, spacing, seed)
-        print(f"synthetic volume {'x'.join(map(str, shape))} at {'x'.join(map(str, spacing))} mm written in {time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"synthetic volume {'x'.join(map(str, shape))} at {'x'.join(map(str, spacing))} mm written in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         parser = ConfigParser()
         parser.read_config(config_files)
         weights = checkpoint or _checkpoint(parser, os.path.join(work, "model.pt"), seed)
@@ -258,11 +279,18 @@ def run_benchmark(
         for index, (name, overrides) in enumerate(VARIANTS.items()):
             output = os.path.join(work, f"out{index}")
             settings = {
-                "dataset_dir": inputs, "output_dir": output, "ckpt_path": weights, "num_workers": 0,
-                "tta_flip_axes": [], "sw_progress": True, **overrides,
+                "dataset_dir": inputs,
+                "output_dir": output,
+                "ckpt_path": weights,
+                "num_workers": 0,
+                "tta_flip_axes": [],
+                "sw_progress": True,
+                **overrides,
             }
             print(f"[{index + 1}/{len(VARIANTS)}] {name}: {settings}", flush=True)
-            increase, _, seconds = measure_peak_rss(lambda: _run_variant(config_files, settings, paper_order=index == 0))
+            increase, _, seconds = measure_peak_rss(
+                lambda: _run_variant(config_files, settings, paper_order=index == 0)
+            )
             segmentations[name] = np.asarray(nib.load(os.path.join(output, "volume_seg.nii.gz")).dataobj)
             results[name] = {"seconds": seconds, "peak_rss": increase}
             print(f"    {seconds:.1f} s, peak memory +{format_bytes(increase)}", flush=True)
@@ -280,18 +308,25 @@ def run_benchmark(
 
 
 def _report(
-    results: Mapping[str, Mapping[str, float]], info: Mapping[str, str], shape: Sequence[int], spacing: Sequence[float],
-    resampled: Sequence[int], roi: Sequence[int], overlap: float, network: str, checkpoint: str | None,
+    results: Mapping[str, Mapping[str, float]],
+    info: Mapping[str, str],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    resampled: Sequence[int],
+    roi: Sequence[int],
+    overlap: float,
+    network: str,
+    checkpoint: str | None,
 ) -> str:
     lines = [
         "## Whole-volume inference (`bench_inference.py`)",
         "",
         f"Machine: {machine_line(dict(info))}.",
         "",
-        f"The bundle's inference workflow on one synthetic abdominal CT volume of {'x'.join(map(str, shape))} voxels at "
-        f"{'x'.join(f'{s:g}' for s in spacing)} mm ({'x'.join(map(str, resampled))} at the target spacing, at most "
-        f"{num_windows(resampled, roi, overlap)} windows of {'x'.join(map(str, roi))} at overlap {overlap}), no test-time "
-        f"augmentation; {network} with "
+        f"The bundle's inference workflow on one synthetic abdominal CT volume of {'x'.join(map(str, shape))} voxels "
+        f"at {'x'.join(f'{s:g}' for s in spacing)} mm ({'x'.join(map(str, resampled))} at the target spacing, "
+        f"at most {num_windows(resampled, roi, overlap)} windows of {'x'.join(map(str, roi))} at overlap {overlap}), "
+        f"no test-time augmentation; {network} with "
         f"{'weights ' + checkpoint if checkpoint else 'seeded random weights'}; the fast precision on this machine "
         f"is {default_precision()}. Time and peak memory cover the whole run (load, preprocess, compile where "
         "compiled, sliding window, postprocess, save); Dice is each segmentation against the straightforward one.",
@@ -370,10 +405,15 @@ def _available_memory() -> int:
 def _measure_in_process(
     config_files: Sequence[str], overrides: Mapping[str, Any], memory_limit: int, timeout_s: float
 ) -> dict[str, Any]:
-    """:func:`_run_measured` in a fresh process, so that its peak memory is its own; a failure comes back as ``error``."""
+    """
+    :func:`_run_measured` in a fresh process, so that its peak memory is its own; a failure comes back as
+    ``error``.
+    """
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_measure_in_child, args=(sender, list(config_files), dict(overrides), memory_limit))
+    process = context.Process(
+        target=_measure_in_child, args=(sender, list(config_files), dict(overrides), memory_limit)
+    )
     process.start()
     sender.close()  # only the child writes: a child that dies closes the pipe
     try:
@@ -406,8 +446,8 @@ def run_streaming_benchmark(
 
     Args:
         shapes: volume sizes (x, y, z) in voxels.
-        spacing: voxel size (x, y, z) in mm of the volumes; the default is the target spacing, so that only the whole-volume
-            postprocessing of the probabilities (not a resampling) weighs on its memory.
+        spacing: voxel size (x, y, z) in mm of the volumes; the default is the target spacing, so that only the
+            whole-volume postprocessing of the probabilities (not a resampling) weighs on its memory.
         overlay: config overlay merged over ``configs/inference.json``.
         checkpoint: trained weights for the network; default seeded random weights.
         network_standin: replace the network by :data:`STANDIN_NETWORK`, to measure the rest of the pipeline.
@@ -442,18 +482,30 @@ def run_streaming_benchmark(
             os.makedirs(inputs)
             start = time.perf_counter()
             _write_volume(inputs, shape, spacing, seed)
-            print(f"synthetic volume {key} at {'x'.join(map(str, spacing))} mm written in {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"synthetic volume {key} at {'x'.join(map(str, spacing))} mm written in "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
             results[key] = {}
             for name, overrides in variants.items():
                 output = os.path.join(work, f"{key}_{name}")
                 settings = {
-                    "dataset_dir": inputs, "output_dir": output, "ckpt_path": weights, "num_workers": 0,
-                    "tta_flip_axes": [], "inference_precision": "float32", "sw_batch_size": 1, "sw_progress": False,
+                    "dataset_dir": inputs,
+                    "output_dir": output,
+                    "ckpt_path": weights,
+                    "num_workers": 0,
+                    "tta_flip_axes": [],
+                    "inference_precision": "float32",
+                    "sw_batch_size": 1,
+                    "sw_progress": False,
                     "debug": True,  # a failing case raises (reported with its cause) instead of being skipped
                     **overrides,
                 }
                 print(f"[{key}] {name}", flush=True)
-                limit = int(memory_limit_gib * (1 << 30)) if memory_limit_gib else int(MEMORY_SHARE * _available_memory())
+                limit = (
+                    int(memory_limit_gib * (1 << 30)) if memory_limit_gib else int(MEMORY_SHARE * _available_memory())
+                )
                 measured = _measure_in_process(config_files, settings, limit, timeout_s)
                 measured["memory_limit"] = limit
                 if "error" not in measured:
@@ -467,10 +519,14 @@ def run_streaming_benchmark(
                 streaming["peak_ratio"] = whole["case_peak_rss"] / max(streaming["case_peak_rss"], 1)
             shutil.rmtree(inputs)
     info["load_end"] = load_average()
-    options = [f"--shapes \"{json.dumps([list(s) for s in shapes], separators=(',', ':'))}\""]
+    options = [f'--shapes "{json.dumps([list(s) for s in shapes], separators=(",", ":"))}"']
     if tuple(spacing) != (0.76, 0.76, 3.0):
-        options.append(f"--spacing \"{json.dumps(list(spacing), separators=(',', ':'))}\"")
-    options += [f"--{k} {v}" for k, v in (("network_standin", network_standin), ("overlay", overlay), ("checkpoint", checkpoint)) if v]
+        options.append(f'--spacing "{json.dumps(list(spacing), separators=(",", ":"))}"')
+    options += [
+        f"--{k} {v}"
+        for k, v in (("network_standin", network_standin), ("overlay", overlay), ("checkpoint", checkpoint))
+        if v
+    ]
     command = " ".join(["python -m scripts.benchmarks.bench_inference --streaming True", *options])
     network = STANDIN_DESCRIPTION if network_standin else f"the network of {overlay or 'configs/inference.json'}"
     report = _streaming_report(results, info, spacing, parser, network, checkpoint, command)
@@ -481,15 +537,24 @@ def run_streaming_benchmark(
 
 
 def _streaming_report(
-    results: Mapping[str, Mapping[str, Mapping[str, Any]]], info: Mapping[str, str], spacing: Sequence[float],
-    parser: ConfigParser, network: str, checkpoint: str | None, command: str,
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    info: Mapping[str, str],
+    spacing: Sequence[float],
+    parser: ConfigParser,
+    network: str,
+    checkpoint: str | None,
+    command: str,
 ) -> str:
     def cells(r: Mapping[str, Any]) -> list[str]:
         if "error" in r:
             return [f"failed (allowed +{format_bytes(r['memory_limit'])}): {r['error']}", "", "", "", "", ""]
         return [
-            f"{r['seconds']:.1f} s", f"{r['case_seconds']:.1f} s", str(r["windows"]),
-            f"{r['case_seconds'] / max(r['windows'], 1):.2f} s", format_bytes(r["peak_rss"]), format_bytes(r["case_peak_rss"]),
+            f"{r['seconds']:.1f} s",
+            f"{r['case_seconds']:.1f} s",
+            str(r["windows"]),
+            f"{r['case_seconds'] / max(r['windows'], 1):.2f} s",
+            format_bytes(r["peak_rss"]),
+            format_bytes(r["case_peak_rss"]),
         ]
 
     rows = []
@@ -497,27 +562,42 @@ def _streaming_report(
         streaming = variants["streaming"]
         ratio = f"{streaming['peak_ratio']:.1f}x" if "peak_ratio" in streaming else "n/a"
         dice = f"{streaming['dice']:.4f}" if "dice" in streaming else "n/a"
-        rows.append([key, "whole volume: sliding window, softmax, `Invertd`, argmax", *cells(variants["whole_volume"]), "", ""])
+        rows.append(
+            [key, "whole volume: sliding window, softmax, `Invertd`, argmax", *cells(variants["whole_volume"]), "", ""]
+        )
         rows.append([key, "`StreamingSegmentationInferer`", *cells(streaming), ratio, dice])
     lines = [
-        f"## Streaming inference vs the whole-volume postprocessing{' (stand-in network)' if network == STANDIN_DESCRIPTION else ''}",
+        "## Streaming inference vs the whole-volume postprocessing"
+        f"{' (stand-in network)' if network == STANDIN_DESCRIPTION else ''}",
         "",
         f"`{command}` — machine: {machine_line(dict(info))}.",
         "",
-        f"The bundle's inference workflow on one synthetic abdominal CT volume per size at {'x'.join(f'{s:g}' for s in spacing)} mm "
-        f"(LPS; preprocessed to {'x'.join(f'{s:g}' for s in parser.get_parsed_content('target_spacing'))} mm and cropped to "
-        "the body), "
+        "The bundle's inference workflow on one synthetic abdominal CT volume per size at "
+        f"{'x'.join(f'{s:g}' for s in spacing)} mm "
+        f"(LPS; preprocessed to {'x'.join(f'{s:g}' for s in parser.get_parsed_content('target_spacing'))} mm and "
+        "cropped to the body), "
         f"windows of {'x'.join(map(str, parser.get_parsed_content('patch_size')))} at overlap "
-        f"{parser.get_parsed_content('sw_overlap')}, one per network call, float32, no test-time augmentation; {network} with "
+        f"{parser.get_parsed_content('sw_overlap')}, one per network call, float32, no test-time augmentation; "
+        f"{network} with "
         f"{'weights ' + checkpoint if checkpoint else 'seeded random weights'}. Each configuration runs in its own "
-        "process, with a limit on the address space it may add. Whole run: load, preprocess, infer, postprocess, save; "
-        "case: from the preprocessed image loaded to the end of its postprocessing (saving included). Peak memory is the "
-        "peak RSS increase over the start of each; the ratio is the whole-volume case peak over the streaming one; Dice: "
-        "the streaming labels against the whole-volume ones.",
+        "process, with a limit on the address space it may add. Whole run: load, preprocess, infer, postprocess, "
+        "save; case: from the preprocessed image loaded to the end of its postprocessing (saving included). Peak "
+        "memory is the peak RSS increase over the start of each; the ratio is the whole-volume case peak over the "
+        "streaming one; Dice: the streaming labels against the whole-volume ones.",
         "",
         *markdown_table(
-            ["volume", "configuration", "whole run", "case", "windows", "case time per window", "peak memory, whole run",
-             "peak memory, case", "case peak ratio", "Dice vs whole volume"],
+            [
+                "volume",
+                "configuration",
+                "whole run",
+                "case",
+                "windows",
+                "case time per window",
+                "peak memory, whole run",
+                "peak memory, case",
+                "case peak ratio",
+                "Dice vs whole volume",
+            ],
             rows,
         ),
     ]

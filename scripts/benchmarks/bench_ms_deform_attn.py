@@ -95,7 +95,9 @@ def _gather_stock_autograd(value, shapes, locations, weights):
     first_row = (torch.arange(batch, device=device).view(-1, 1, 1, 1) * num_tokens + starts) * heads
     first_row = first_row + torch.arange(heads, device=device).view(1, 1, -1, 1)  # (B, 1, H, L)
     x_rows = axis_rows[..., 0, :] + first_row[..., None, None]
-    rows = ((x_rows[..., :, None] + axis_rows[..., 1, None, :])[..., None] + axis_rows[..., 2, None, None, :]).flatten(-3)
+    rows = ((x_rows[..., :, None] + axis_rows[..., 1, None, :])[..., None] + axis_rows[..., 2, None, None, :]).flatten(
+        -3
+    )
     weight_x, weight_y, weight_z = axis_weights.unbind(-2)
     weight_xy = (weight_x * weights[..., None])[..., :, None] * weight_y[..., None, :]
     corner_weights = (weight_xy[..., None] * weight_z[..., None, None, :]).flatten(-3)
@@ -196,7 +198,9 @@ def memory_worker(variant: str) -> None:
 def _measure_memory(variant: str) -> dict[str, int]:
     code = f"from scripts.benchmarks.bench_ms_deform_attn import memory_worker; memory_worker({variant!r})"
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -239,8 +243,11 @@ def run_benchmark(
         for v in variants:
             measured = _measure_memory(v)
             results[v].update(forward_mem=measured["forward"], train_mem=measured["train"])
-            print(f"{v}: peak memory forward {format_bytes(results[v]['forward_mem'])}, "
-                  f"forward+backward {format_bytes(results[v]['train_mem'])}", flush=True)
+            print(
+                f"{v}: peak memory forward {format_bytes(results[v]['forward_mem'])}, "
+                f"forward+backward {format_bytes(results[v]['train_mem'])}",
+                flush=True,
+            )
     info["load_end"] = load_average()
     text = _report(results, info, memory)
     print(text)
@@ -322,8 +329,14 @@ def _plot(results: dict[str, dict[str, float]], memory: bool) -> str | None:
     if memory:
         ax = axes[0][1]
         ax.barh([i + 0.2 for i in y], [results[v]["forward_mem"] / 2**20 for v in names], height=0.4, label="forward")
-        ax.barh([i - 0.2 for i in y], [results[v]["train_mem"] / 2**20 for v in names], height=0.4, label="forward+backward")
-        ax.set_xscale("log"), ax.set_xlabel("peak memory increase (MiB, log)"), ax.set_yticks(list(y), [""] * len(names))
+        ax.barh(
+            [i - 0.2 for i in y], [results[v]["train_mem"] / 2**20 for v in names], height=0.4, label="forward+backward"
+        )
+        (
+            ax.set_xscale("log"),
+            ax.set_xlabel("peak memory increase (MiB, log)"),
+            ax.set_yticks(list(y), [""] * len(names)),
+        )
         ax.invert_yaxis(), ax.legend()
     fig.suptitle("MS-DMSA vs dense self-attention, 7,776 tokens, batch 2, d_model 384, 6 heads (CPU)")
     fig.tight_layout()

@@ -48,7 +48,8 @@ Measured with the scripts in `scripts/benchmarks/` (each writes its own section 
     python -m scripts.benchmarks.bench_inference --write_docs True
     python -m scripts.benchmarks.gpu_check                    (on CUDA; writes its section)
 
-Times are wall-clock medians after warm-up (the network comparison takes the fastest call, see its section). CPU peak memory is resident memory (RSS): the peak (`VmHWM`, reset
+Times are wall-clock medians after warm-up (the network comparison takes the fastest call, see its section). \
+CPU peak memory is resident memory (RSS): the peak (`VmHWM`, reset
 through `/proc/self/clear_refs` just before the measured call) minus the RSS just before it, after freed heap memory
 was returned to the system (`malloc_trim`), so it counts what the call itself allocates and touches (activations,
 gradients, workspaces), not the inputs or the weights.

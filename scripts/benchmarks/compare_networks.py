@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.engine.atomic import atomic_output
 from scripts.benchmarks.common import (
     REPO_ROOT,
     format_bytes,
@@ -58,8 +57,9 @@ from scripts.benchmarks.common import (
     times_and_peak_rss,
     update_docs_section,
 )
-from scripts.engine.inferers import FlipTTA, FlipTTAInferer
 from scripts.data.synthetic import make_phantom
+from scripts.engine.atomic import atomic_output
+from scripts.engine.inferers import FlipTTA, FlipTTAInferer
 
 __all__ = ["NETWORKS", "METRICS", "load_config", "synthetic_volume", "build_network", "run_benchmark"]
 
@@ -339,16 +339,18 @@ def report(results: dict[str, dict[str, Any]], info: dict[str, str], settings: M
     if reduced_patch or reduced_volume:
         lines += [
             "**Measured at reduced sizes, not the full ones**: on a CPU a CoTr forward of one 192x192x48 window takes "
-            "seconds, so the full-size run (125 windows per volume, x8 with flip TTA, for 7 networks) takes many hours. "
-            "Sizes measured here:",
+            "seconds, so the full-size run (125 windows per volume, x8 with flip TTA, for 7 networks) takes many "
+            "hours. Sizes measured here:",
             "",
         ]
     else:
         lines += ["Full sizes:", ""]
     configured = ", ".join(f"{NETWORKS[n][0]} {_size(p)}" for n, p in full_patches.items())
     if reduced_patch:
-        lines.append(f"- training patch: {_size(settings['patch_size'])} for every network, instead of the configured "
-                     f"patches ({configured});")
+        lines.append(
+            f"- training patch: {_size(settings['patch_size'])} for every network, instead of the configured "
+            f"patches ({configured});"
+        )
     else:
         lines.append(f"- training patch: each network's configured `patch_size` ({configured});")
     if volume:

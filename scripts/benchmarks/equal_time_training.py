@@ -1,7 +1,8 @@
 """
 Equal-time training of CoTr and MONAI's baselines (SwinUNETR, UNETR, SegResNet, DynUNet) on the synthetic CT
 study, then the held-out mean Dice of each: which network learns most in the same wall-clock time on this machine.
-**Synthetic data** (:func:`scripts.data.synthetic.generate`, as ``scripts.apps.demo`` uses it), not comparable with BTCV.
+**Synthetic data** (:func:`scripts.data.synthetic.generate`, as ``scripts.apps.demo`` uses it), not comparable with
+BTCV.
 
 Every network is trained by the bundle's own training workflow: ``configs/train.json`` + ``configs/demo.json``
 (the CPU demo recipe: AdamW, 64x64x32 patches at 3x3x6 mm, batch 2, the full augmentation, Dice + CE with deep

@@ -49,7 +49,6 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from scripts.engine.atomic import atomic_output
 from scripts.benchmarks.common import (
     DOCS_PATH,
     REPO_ROOT,
@@ -64,8 +63,9 @@ from scripts.benchmarks.common import (
     num_windows,
     update_docs_section,
 )
-from scripts.networks import ms_deform_attn as msda
+from scripts.engine.atomic import atomic_output
 from scripts.engine.streaming import StreamingSegmentationInferer
+from scripts.networks import ms_deform_attn as msda
 
 __all__ = [
     "FORWARD_TOLERANCE",
@@ -131,7 +131,12 @@ class Sizes:
 FULL = Sizes()
 TINY = Sizes(
     network={
-        "blocks": [1, 1, 1], "channels": [8, 16, 24, 24], "d_model": 24, "num_heads": 2, "num_layers": 1, "mlp_dim": 48
+        "blocks": [1, 1, 1],
+        "channels": [8, 16, 24, 24],
+        "d_model": 24,
+        "num_heads": 2,
+        "num_layers": 1,
+        "mlp_dim": 48,
     },  # fmt: skip
     compare_input=(32, 32, 16),
     patch=(32, 32, 16),
@@ -267,8 +272,12 @@ def _amp_dtype(device: torch.device) -> torch.dtype:
 
 
 def _training_step(
-    network: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-    x: torch.Tensor, target: torch.Tensor,
+    network: nn.Module,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: torch.Tensor,
+    target: torch.Tensor,
 ) -> float:
     """Forward under autocast, deep-supervision loss, scaled backward, the optimiser step: the loss."""
     optimizer.zero_grad(set_to_none=True)

@@ -1,1 +1,4 @@
-"""Data: label tables, datalists and their checks, splits, image geometry and DICOM series, dataset preparation, fingerprints, synthetic data."""
+"""
+Data: label tables, datalists and their checks, splits, image geometry and DICOM series, dataset preparation,
+fingerprints, synthetic data.
+"""

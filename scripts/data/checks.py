@@ -219,8 +219,7 @@ def check_image_label_pair(image: str, label: str | None, num_classes: int) -> l
         out = values[(values < 0) | (values > num_classes - 1)]
         if out.size:
             problems.append(
-                f"{label}: label values outside [0, {num_classes - 1}] ({num_classes} classes): "
-                f"{_format_values(out)}"
+                f"{label}: label values outside [0, {num_classes - 1}] ({num_classes} classes): {_format_values(out)}"
             )
     return problems
 

@@ -119,7 +119,8 @@ def read_datalist(path: str) -> Any:
         raise DataValidationError(
             [
                 f"{path}: datalist file not found (config ids 'data_list_file_path' and 'dataset_dir'; write one with "
-                "python -m scripts.data.prepare_btcv, python -m scripts.data.prepare_dataset or python -m scripts.data.synthetic)"
+                "python -m scripts.data.prepare_btcv, python -m scripts.data.prepare_dataset or "
+                "python -m scripts.data.synthetic)"
             ]
         )
     if os.path.isdir(path):

@@ -38,8 +38,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 __all__ = [
-    "DicomSeries", "DicomSeriesError", "DicomSeriesReader", "is_dicom_file", "find_series", "resolve_series",
-    "read_series", "read_series_reference",
+    "DicomSeries",
+    "DicomSeriesError",
+    "DicomSeriesReader",
+    "is_dicom_file",
+    "find_series",
+    "resolve_series",
+    "read_series",
+    "read_series_reference",
 ]
 
 logger = logging.getLogger(__name__)

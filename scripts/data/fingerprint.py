@@ -91,7 +91,9 @@ def anisotropic_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> list
     sizes = np.median(spacings * shapes, axis=0) / target
     coarse = int(np.argmax(target))
     others = [a for a in range(3) if a != coarse]
-    if target[coarse] > ANISOTROPY_RATIO * max(target[others]) and sizes[coarse] * ANISOTROPY_RATIO < min(sizes[others]):
+    if target[coarse] > ANISOTROPY_RATIO * max(target[others]) and sizes[coarse] * ANISOTROPY_RATIO < min(
+        sizes[others]
+    ):
         target[coarse] = max(np.percentile(spacings[:, coarse], COARSE_AXIS_PERCENTILE), max(target[others]))
     return [float(s) for s in target]
 
@@ -149,7 +151,11 @@ def fit_patch_size(
 
 
 def dataset_metadata(
-    base: Mapping[str, Any], name: str, label_names: Mapping[int, str], modality: str, patch_size: Sequence[int],
+    base: Mapping[str, Any],
+    name: str,
+    label_names: Mapping[int, str],
+    modality: str,
+    patch_size: Sequence[int],
     value_range: Sequence[float],
 ) -> dict[str, Any]:
     """The bundle metadata ``base`` with this dataset's name, classes, modality and patch size."""
@@ -218,7 +224,10 @@ def fingerprint(
     base = dataset_dir or content.get("dataset_dir") or os.path.dirname(datalist)
     base = os.path.abspath(os.path.expanduser(str(base)))
     if name is None:
-        name = os.path.splitext(os.path.basename(datalist))[0].removeprefix("datalist_").removeprefix("datalist") or "dataset"
+        name = (
+            os.path.splitext(os.path.basename(datalist))[0].removeprefix("datalist_").removeprefix("datalist")
+            or "dataset"
+        )
     output_dir = os.path.abspath(output_dir or os.path.join(BUNDLE_ROOT, "configs", "datasets"))
     overlay_path = os.path.join(output_dir, f"{name}.json")
     meta_path = os.path.join(output_dir, f"{name}_metadata.json")
@@ -226,7 +235,9 @@ def fingerprint(
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite True to replace it.")
     if "labels" not in content:
-        raise ValueError(f"{datalist}: no 'labels' entry; write the datalist with python -m scripts.data.prepare_dataset.")
+        raise ValueError(
+            f"{datalist}: no 'labels' entry; write the datalist with python -m scripts.data.prepare_dataset."
+        )
     label_names = {int(k): str(v) for k, v in content["labels"].items()}
     modality = str((content.get("modality") or {}).get("0", "CT"))
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
@@ -261,11 +272,16 @@ def fingerprint(
     if modality.upper() == "CT":
         stats = foreground_intensity_statistics(pairs)
         overlay.update(
-            hu_min=stats["percentile_00_5"], hu_max=stats["percentile_99_5"],
-            intensity_mean=stats["mean"], intensity_std=stats["std"],
+            hu_min=stats["percentile_00_5"],
+            hu_max=stats["percentile_99_5"],
+            intensity_mean=stats["mean"],
+            intensity_std=stats["std"],
         )
         value_range = [(overlay[k] - stats["mean"]) / stats["std"] for k in ("hu_min", "hu_max")]
-        normalisation = f"clip to [{stats['percentile_00_5']:.2f}, {stats['percentile_99_5']:.2f}] HU, z-score with mean {stats['mean']:.2f}, std {stats['std']:.2f}"
+        normalisation = (
+            f"clip to [{stats['percentile_00_5']:.2f}, {stats['percentile_99_5']:.2f}] HU, "
+            f"z-score with mean {stats['mean']:.2f}, std {stats['std']:.2f}"
+        )
     else:
         darkest = min(float(c[DataStatsKeys.IMAGE_STATS][ImageStatsKeys.INTENSITY][0]["min"]) for c in cases)
         overlay["foreground_crop_hu"] = darkest

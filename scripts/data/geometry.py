@@ -140,8 +140,7 @@ def check_affine(
     if spacing_range is not None:
         low, high = spacing_range
         problems += [
-            f"{path}: {source} voxel size along axis {i} is {sizes[i]:g} mm, outside the accepted "
-            f"{low:g}..{high:g} mm"
+            f"{path}: {source} voxel size along axis {i} is {sizes[i]:g} mm, outside the accepted {low:g}..{high:g} mm"
             for i in range(3)
             if not low <= sizes[i] <= high
         ]

@@ -164,8 +164,7 @@ def _msd_cases(data_dir: str, spec: Mapping, source: str, problems: list[str]) -
             image = images.get(f"{case}_0000")
             if image is None:
                 problems.append(
-                    f"{os.path.join(data_dir, 'labelsTr', label)}: no image imagesTr/{case}_0000"
-                    f"{ending or '.nii.gz'}"
+                    f"{os.path.join(data_dir, 'labelsTr', label)}: no image imagesTr/{case}_0000{ending or '.nii.gz'}"
                 )
                 continue
             cases[case] = (f"imagesTr/{image}", f"labelsTr/{label}")
@@ -190,10 +189,13 @@ def _extra_channel_files(data_dir: str, cases: Mapping[str, tuple[str, str]], in
         match = _CHANNEL_RE.match(stem)
         if not match:
             continue
-        channels = sorted(glob.glob(os.path.join(folder, f"{glob.escape(match.group('case'))}_[0-9][0-9][0-9][0-9].nii*")))
+        channels = sorted(
+            glob.glob(os.path.join(folder, f"{glob.escape(match.group('case'))}_[0-9][0-9][0-9][0-9].nii*"))
+        )
         if len(channels) > in_channels:
             problems.append(
-                f"{os.path.join(folder, match.group('case'))}_*: {len(channels)} channel files ({', '.join(os.path.basename(c) for c in channels)}) "
+                f"{os.path.join(folder, match.group('case'))}_*: {len(channels)} channel files "
+                f"({', '.join(os.path.basename(c) for c in channels)}) "
                 f"but the network takes {in_channels} channel(s) (network_def#in_channels); keep one channel per case "
                 "or build the network with more input channels"
             )
@@ -210,9 +212,13 @@ def _check_pairs(
     checked one by one and a non-HU image is only a warning.
     """
     if modality is None:
-        return [p for image, label in pairs for p in check_image_label_pair(
-            os.path.join(data_dir, image), None if label is None else os.path.join(data_dir, label), num_classes
-        )]
+        return [
+            p
+            for image, label in pairs
+            for p in check_image_label_pair(
+                os.path.join(data_dir, image), None if label is None else os.path.join(data_dir, label), num_classes
+            )
+        ]
     problems: list[str] = []
     hu_like, not_hu = [], []
     for image, label in pairs:
@@ -312,8 +318,7 @@ def _check_common(
         )
     if num_cases < 2:
         problems.append(
-            f"{source}: {num_cases} labelled case(s); training needs at least 2, one to train on and one to "
-            "validate on"
+            f"{source}: {num_cases} labelled case(s); training needs at least 2, one to train on and one to validate on"
         )
     if problems:
         raise DataValidationError(problems, header=f"{source} cannot be trained on")
@@ -454,8 +459,10 @@ def prepare_msd(
     source = os.path.join(data_dir, "dataset.json")
     if not os.path.isfile(source):
         raise DataValidationError(
-            [f"{source}: not found; an MSD / nnU-Net raw dataset folder has dataset.json, imagesTr and labelsTr "
-             "(for other folders use: python -m scripts.data.prepare_dataset folder --images ... --labels ...)"]
+            [
+                f"{source}: not found; an MSD / nnU-Net raw dataset folder has dataset.json, imagesTr and labelsTr "
+                "(for other folders use: python -m scripts.data.prepare_dataset folder --images ... --labels ...)"
+            ]
         )
     try:
         with open(source) as f:
@@ -472,7 +479,9 @@ def prepare_msd(
     _check_common(source, len(cases), split, output, overwrite, in_channels, channels)
     train_val = _split(cases, split, seed, val_fraction, num_folds, fold)
     problems += _extra_channel_files(data_dir, cases, in_channels)
-    testing = [f"imagesTs/{n}" for n in _list_nifti(os.path.join(data_dir, "imagesTs"), spec.get("file_ending")).values()]
+    testing = [
+        f"imagesTs/{n}" for n in _list_nifti(os.path.join(data_dir, "imagesTs"), spec.get("file_ending")).values()
+    ]
     pairs = [(image, label) for image, label in cases.values() if os.path.isfile(os.path.join(data_dir, image))]
     problems += _check_pairs(data_dir, pairs + [(t, None) for t in testing], len(label_names), channels[0])
     if problems:
@@ -526,8 +535,16 @@ def match_pairs(images: str, labels: str) -> tuple[dict[tuple[str, ...], tuple[s
                 found[kind][match.groups()] = path
         if not found[kind]:
             raise FileNotFoundError(f"--{kind} {pattern!r} matches no file.")
-    problems = [f"{p}: image without a label matching {labels!r}" for k, p in found["images"].items() if k not in found["labels"]]
-    problems += [f"{p}: label without an image matching {images!r}" for k, p in found["labels"].items() if k not in found["images"]]
+    problems = [
+        f"{p}: image without a label matching {labels!r}"
+        for k, p in found["images"].items()
+        if k not in found["labels"]
+    ]
+    problems += [
+        f"{p}: label without an image matching {images!r}"
+        for k, p in found["labels"].items()
+        if k not in found["images"]
+    ]
     pairs = {k: (p, found["labels"][k]) for k, p in found["images"].items() if k in found["labels"]}
     return pairs, problems
 

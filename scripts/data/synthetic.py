@@ -522,7 +522,10 @@ def generate_msd(
         nib.save(img, os.path.join(output_dir, image_path(case)))
         if case <= num_cases:
             label = f"labelsTr/case_{case:03d}.nii.gz"
-            nib.save(nib.Nifti1Image(lut[np.asanyarray(lbl.dataobj)], lbl.affine, lbl.header), os.path.join(output_dir, label))
+            nib.save(
+                nib.Nifti1Image(lut[np.asanyarray(lbl.dataobj)], lbl.affine, lbl.header),
+                os.path.join(output_dir, label),
+            )
             training.append({"image": f"./{image_path(case)}", "label": f"./{label}"})
     names = ["background", *labels]
     spec: dict = {"name": "SyntheticCT", "description": "synthetic abdominal phantoms", "numTraining": len(training)}

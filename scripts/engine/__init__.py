@@ -1,1 +1,4 @@
-"""Engine: inferers, handlers, checkpoints, config checks, inference inputs, transforms, metrics, errors and atomic writes."""
+"""
+Engine: inferers, handlers, checkpoints, config checks, inference inputs, transforms, metrics, errors and atomic
+writes.
+"""

@@ -97,7 +97,9 @@ def _unwrap(obj: Any) -> Any:
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> str:
@@ -138,8 +140,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             ) from None
         raise CheckpointError(
             f"{path}: refused to load: it holds the Python object {found.group(1)}, not only tensors and plain "
-            "containers, and unpickling objects can run code (checkpoints are read with torch.load(weights_only=True)). "
-            "Only load files you trust; save checkpoints as plain state dicts."
+            "containers, and unpickling objects can run code (checkpoints are read with "
+            "torch.load(weights_only=True)). Only load files you trust; save checkpoints as plain state dicts."
         ) from None
     except _READ_ERRORS as e:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(e).__name__}: {e}).") from None

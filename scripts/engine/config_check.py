@@ -120,7 +120,10 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
         _is_label_names,
     ),
     "patch_size": ("a list of 3 positive integers (x, y, z), e.g. [192, 192, 48]", _triple(_int(1))),
-    "target_spacing": ("a list of 3 positive numbers in mm (x, y, z), e.g. [0.76, 0.76, 3.0]", _triple(_number(0, low_open=True))),
+    "target_spacing": (
+        "a list of 3 positive numbers in mm (x, y, z), e.g. [0.76, 0.76, 3.0]",
+        _triple(_number(0, low_open=True)),
+    ),
     "hu_min": _NUMBER,
     "hu_max": _NUMBER,
     "intensity_mean": _NUMBER,
@@ -270,9 +273,7 @@ def check_config(values: Mapping[str, Any]) -> None:
             f"maps to {max(merged_map) + 1}"
         )
     if problems:
-        raise ConfigValueError(
-            f"{len(problems)} invalid config value(s):\n" + "\n".join(f"  {p}" for p in problems)
-        )
+        raise ConfigValueError(f"{len(problems)} invalid config value(s):\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def check_patch_size(patch_size: Sequence[int], network: torch.nn.Module) -> None:
@@ -294,5 +295,5 @@ def check_patch_size(patch_size: Sequence[int], network: torch.nn.Module) -> Non
     except ValueError as e:
         raise ConfigValueError(
             f"config id 'patch_size' {list(patch_size)} does not fit network_def: {e} Choose a multiple of "
-            f"{list(network.size_divisor)} per axis (e.g. --patch_size \"{[2 * d for d in network.size_divisor]}\")."
+            f'{list(network.size_divisor)} per axis (e.g. --patch_size "{[2 * d for d in network.size_divisor]}").'
         ) from e

@@ -113,8 +113,8 @@ def check_ensemble_checkpoints(ckpt_files: Sequence[str], network: nn.Module, ma
 class EnsembleCheckpointLoader:
     """
     Loads member k of ``ensemble`` from ``load_paths[k]`` when the engine starts, each with
-    :class:`scripts.engine.checkpoint.CheckpointLoader` (safe loading, wrapper prefixes removed, mismatches explained with
-    the file's name), as the single-checkpoint configs load their network.
+    :class:`scripts.engine.checkpoint.CheckpointLoader` (safe loading, wrapper prefixes removed, mismatches explained
+    with the file's name), as the single-checkpoint configs load their network.
 
     Args:
         ensemble: the ensemble whose members to load.

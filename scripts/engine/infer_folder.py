@@ -33,7 +33,6 @@ place: an interrupted run never leaves a truncated ``*_seg.nii.gz`` that looks f
 from __future__ import annotations
 
 import contextlib
-import errno
 import fnmatch
 import glob
 import logging
@@ -57,7 +56,15 @@ from scripts.data.checks import check_image_label_pair, check_image_values
 from scripts.engine.atomic import atomic_output
 
 __all__ = [
-    "InferenceInputs", "InputError", "Case", "check_image", "nifti_case_name", "case_name", "output_path", "AtomicNibabelWriter",
+    "InferenceInputs",
+    "InputError",
+    "item_case_name",
+    "Case",
+    "check_image",
+    "nifti_case_name",
+    "case_name",
+    "output_path",
+    "AtomicNibabelWriter",
     "shard_cases",
 ]
 
@@ -107,6 +114,12 @@ def nifti_case_name(path: str) -> str:
 def case_name(path: str) -> str:
     """Case name of an image path: the file name without ``.nii.gz``/``.nii`` (any letter case), or a folder's name."""
     return nifti_case_name(os.path.normpath(path))
+
+
+def item_case_name(data: Mapping[Hashable, Any], source: str) -> str:
+    """The case name of a (collated) item: its ``"case"`` entry, else :func:`case_name` of its ``source`` path."""
+    case = data.get(CASE_KEY)
+    return str(case[0] if isinstance(case, (list, tuple)) else case) if case else case_name(source)
 
 
 def output_path(case: str, output_dir: str, output_postfix: str = "seg", output_ext: str = ".nii.gz") -> str:
@@ -369,7 +382,9 @@ class InferenceInputs:
             self._loose_dicom.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
             return []
         stem = name.split(".")[0]
-        sidecar = [n for n in self._nifti_names.get(os.path.dirname(os.path.abspath(path)), ()) if nifti_case_name(n) == stem]
+        sidecar = [
+            n for n in self._nifti_names.get(os.path.dirname(os.path.abspath(path)), ()) if nifti_case_name(n) == stem
+        ]
         if sidecar:
             self.ignored.append((path, f"sidecar file of {sidecar[0]}"))
             return []
@@ -517,7 +532,8 @@ class InferenceInputs:
                     f"; {world} ranks, rank 0 segments {len(self._shard)} of them "
                     f"({sum(costs[i] for i in self._shard) / max(sum(costs), 1e-9):.0%} of the resampled voxels; "
                     "the progress shown is rank 0's)"
-                    if world > 1 else ""
+                    if world > 1
+                    else ""
                 )
             )
         return self
@@ -603,7 +619,9 @@ class InferenceInputs:
         """Cases that would write the same output file, or whose output path is a folder, are skipped."""
         by_output: dict[str, list[Case]] = {}
         for case in self.cases:
-            by_output.setdefault(output_path(case.name, self.output_dir, self.output_postfix, self.output_ext), []).append(case)
+            by_output.setdefault(
+                output_path(case.name, self.output_dir, self.output_postfix, self.output_ext), []
+            ).append(case)
         kept = []
         for output, cases in by_output.items():
             if len(cases) > 1:
@@ -684,8 +702,11 @@ class InferenceInputs:
             "voxels": sum(self._cost(c) for c in shard),
             "written": [self.outputs[c.name] for c in shard if os.path.exists(self.outputs[c.name])],
             "failed": list(self.failed),
-            "missing": [(c.shown, self.outputs[c.name]) for c in shard
-                        if c.shown not in failed and not os.path.exists(self.outputs[c.name])],  # fmt: skip
+            "missing": [
+                (c.shown, self.outputs[c.name])
+                for c in shard
+                if c.shown not in failed and not os.path.exists(self.outputs[c.name])
+            ],  # fmt: skip
             "seconds": time.perf_counter() - self._started,
         }
 

@@ -14,7 +14,12 @@ import torch.nn as nn
 from monai.inferers import Inferer
 
 __all__ = [
-    "FlipTTA", "FlipTTAInferer", "flip_combinations", "PRECISIONS", "native_bfloat16_cpu", "default_precision",
+    "FlipTTA",
+    "FlipTTAInferer",
+    "flip_combinations",
+    "PRECISIONS",
+    "native_bfloat16_cpu",
+    "default_precision",
     "compile_for_inference",
 ]
 

@@ -268,8 +268,9 @@ class OrganDiceMetric(DiceMetric):
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
     ) -> None:
-        super().__init__(include_background=include_background, reduction=reduction, get_not_nans=get_not_nans,
-                         ignore_empty=False)
+        super().__init__(
+            include_background=include_background, reduction=reduction, get_not_nans=get_not_nans, ignore_empty=False
+        )
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         dice = super()._compute_tensor(y_pred, y)  # 1 for an organ in neither
@@ -287,8 +288,13 @@ class DetectedHausdorffDistanceMetric(HausdorffDistanceMetric):
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         def measure(p: torch.Tensor, t: torch.Tensor, spacing: Any, c: int) -> torch.Tensor:
             return compute_hausdorff_distance(
-                p, t, include_background=True, distance_metric=self.distance_metric, percentile=self.percentile,
-                directed=self.directed, spacing=spacing,
+                p,
+                t,
+                include_background=True,
+                distance_metric=self.distance_metric,
+                percentile=self.percentile,
+                directed=self.directed,
+                spacing=spacing,
             )
 
         return _per_organ(y_pred, y, self.include_background, kwargs.get("spacing"), measure, math.nan)
@@ -308,8 +314,13 @@ class DetectedSurfaceDiceMetric(SurfaceDiceMetric):
 
         def measure(p: torch.Tensor, t: torch.Tensor, spacing: Any, c: int) -> torch.Tensor:
             return compute_surface_dice(
-                p, t, [self.class_thresholds[c]], include_background=True, distance_metric=self.distance_metric,
-                spacing=spacing, use_subvoxels=self.use_subvoxels,
+                p,
+                t,
+                [self.class_thresholds[c]],
+                include_background=True,
+                distance_metric=self.distance_metric,
+                spacing=spacing,
+                use_subvoxels=self.use_subvoxels,
             )
 
         return _per_organ(y_pred, y, self.include_background, kwargs.get("spacing"), measure, 0.0)
@@ -398,8 +409,11 @@ class PhysicalHausdorffDistance(PhysicalMetricHandler):
         save_details: bool = True,
     ) -> None:
         metric_fn = DetectedHausdorffDistanceMetric(
-            include_background=include_background, distance_metric=distance_metric, percentile=percentile,
-            directed=directed, reduction=reduction,
+            include_background=include_background,
+            distance_metric=distance_metric,
+            percentile=percentile,
+            directed=directed,
+            reduction=reduction,
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
@@ -420,8 +434,10 @@ class PhysicalSurfaceDice(PhysicalMetricHandler):
         save_details: bool = True,
     ) -> None:
         metric_fn = DetectedSurfaceDiceMetric(
-            class_thresholds=list(class_thresholds), include_background=include_background,
-            distance_metric=distance_metric, reduction=reduction,
+            class_thresholds=list(class_thresholds),
+            include_background=include_background,
+            distance_metric=distance_metric,
+            reduction=reduction,
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 

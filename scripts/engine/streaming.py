@@ -289,8 +289,12 @@ class StreamingSegmentationInferer(Inferer):
         """
         if tuple(padded) == tuple(image.shape[1:]):
             return torch.stack([image[(slice(None), *window)] for window in batch])
-        out = torch.full((len(batch), image.shape[0], *(w.stop - w.start for w in batch[0])), self.pad_value,
-                         dtype=image.dtype, device=image.device)
+        out = torch.full(
+            (len(batch), image.shape[0], *(w.stop - w.start for w in batch[0])),
+            self.pad_value,
+            dtype=image.dtype,
+            device=image.device,
+        )
         for item, window in zip(out, batch):
             source = [slice(max(w.start - p, 0), min(w.stop - p, n)) for w, p, n in zip(window, pad, image.shape[1:])]
             target = [slice(s.start - (w.start - p), s.stop - (w.start - p)) for s, w, p in zip(source, window, pad)]
@@ -358,7 +362,9 @@ class StreamingSegmentationInferer(Inferer):
         shape[axis] = chunk.stop - chunk.start
         # a plain tensor has the identity affine: the destination affine is then the chunk-voxel -> box-voxel map
         resampled = self._resample(
-            source, dst_affine=torch.as_tensor(to_box @ voxel_map @ to_chunk), spatial_size=shape,
+            source,
+            dst_affine=torch.as_tensor(to_box @ voxel_map @ to_chunk),
+            spatial_size=shape,
             mode="nearest" if exact else "bilinear",
         )
         return _channel_argmax(torch.as_tensor(resampled))

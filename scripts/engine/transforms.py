@@ -15,7 +15,7 @@ from monai.transforms import MapTransform
 from monai.transforms import Spacingd as _MonaiSpacingd
 
 from scripts.data.labels import BTCV_LABELS
-from scripts.engine.infer_folder import case_name
+from scripts.engine.infer_folder import item_case_name
 
 __all__ = ["Spacingd", "SavedSegmentationTransform", "source_filename"]
 
@@ -69,7 +69,8 @@ class SavedSegmentationTransform(MapTransform):
         seg_dir: folder of the saved segmentations; default ``output_dir``.
         output_postfix: ``SaveImaged``'s ``output_postfix``.
         output_ext: ``SaveImaged``'s ``output_ext``.
-        label_names: label value -> class name (int or string keys, as config id ``label_names``); default ``BTCV_LABELS``.
+        label_names: label value -> class name (int or string keys, as config id ``label_names``); default
+            ``BTCV_LABELS``.
         enabled: False makes the transform a no-op (so that a config can switch it off).
         allow_missing_keys: skip missing keys instead of raising.
     """
@@ -107,8 +108,7 @@ class SavedSegmentationTransform(MapTransform):
             if source is None:
                 logger.warning(f"{name}: {key!r} has no filename_or_obj; case skipped.")
                 continue
-            case = d.get("case")
-            case = str(case[0] if isinstance(case, (list, tuple)) else case) if case else case_name(source)
+            case = item_case_name(d, source)
             postfix = f"_{self.output_postfix}" if self.output_postfix else ""
             segmentation = os.path.join(self.seg_dir, f"{case}{postfix}{self.output_ext}")
             try:

@@ -92,9 +92,13 @@ class CoTr(nn.Module):
                 "the DeTrans has no input projection."
             )
         self.deep_supervision = deep_supervision
-        self.encoder = CNNEncoder(in_channels, channels, blocks, stem_stride, stage_stride, norm_name, act_name, use_checkpoint)
+        self.encoder = CNNEncoder(
+            in_channels, channels, blocks, stem_stride, stage_stride, norm_name, act_name, use_checkpoint
+        )
         self.detrans = (
-            DeTransEncoder(d_model, num_heads, num_levels, num_points, num_layers, mlp_dim, dropout_rate, use_checkpoint)
+            DeTransEncoder(
+                d_model, num_heads, num_levels, num_points, num_layers, mlp_dim, dropout_rate, use_checkpoint
+            )
             if num_levels
             else None
         )

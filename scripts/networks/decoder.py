@@ -1,4 +1,7 @@
-"""CNN decoder of CoTr: transposed-convolution upsampling, additive skips, residual refinement and deep-supervision heads."""
+"""
+CNN decoder of CoTr: transposed-convolution upsampling, additive skips, residual refinement and deep-supervision
+heads.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ class DecoderResBlock(nn.Module):
     def __init__(self, channels: int, norm_name: tuple | str, act_name: tuple | str) -> None:
         super().__init__()
         self.convs = nn.Sequential(
-            *(Convolution(3, channels, channels, kernel_size=3, act=act_name, norm=norm_name, bias=False) for _ in range(2))
+            *(
+                Convolution(3, channels, channels, kernel_size=3, act=act_name, norm=norm_name, bias=False)
+                for _ in range(2)
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +73,9 @@ class CoTrDecoder(nn.Module):
         self.heads = nn.ModuleList()
         for level in range(len(channels) - 1, 0, -1):
             width_in, width_out, stride = channels[level], channels[level - 1], tuple(strides[level])
-            self.upsamples.append(nn.ConvTranspose3d(width_in, width_out, kernel_size=stride, stride=stride, bias=False))
+            self.upsamples.append(
+                nn.ConvTranspose3d(width_in, width_out, kernel_size=stride, stride=stride, bias=False)
+            )
             self.blocks.append(DecoderResBlock(width_out, norm_name, act_name))
             self.heads.append(nn.Conv3d(width_out, out_channels, kernel_size=1))
         self.final_upsample = nn.Upsample(scale_factor=tuple(float(s) for s in strides[0]), mode="trilinear")

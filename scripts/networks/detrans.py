@@ -109,7 +109,9 @@ class DeTransEncoder(nn.Module):
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}.")
         if d_model % 6 != 0:
-            raise ValueError(f"d_model must be divisible by 6 for the 3D sine encoding (3 axes x sin/cos), got {d_model}.")
+            raise ValueError(
+                f"d_model must be divisible by 6 for the 3D sine encoding (3 axes x sin/cos), got {d_model}."
+            )
         self.d_model = d_model
         self.num_levels = num_levels
         self.use_checkpoint = use_checkpoint

@@ -85,7 +85,9 @@ class CNNEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if len(channels) != len(blocks) + 1:
-            raise ValueError(f"channels needs one width for the stem and one per stage, got {channels} for blocks {blocks}.")
+            raise ValueError(
+                f"channels needs one width for the stem and one per stage, got {channels} for blocks {blocks}."
+            )
         if any(b < 1 for b in blocks):
             raise ValueError(f"every stage needs at least one block, got blocks={blocks}.")
         self.channels = tuple(channels)
@@ -101,7 +103,10 @@ class CNNEncoder(nn.Module):
             self.stages.append(nn.Sequential(*stage))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x``: (B, C_in, X, Y, Z) -> [(B, channels[i], X / S_i, Y / S_i, Z / S_i)] with S_i the cumulative strides."""
+        """
+        ``x``: (B, C_in, X, Y, Z) -> [(B, channels[i], X / S_i, Y / S_i, Z / S_i)] with S_i the cumulative
+        strides.
+        """
         features = [self.stem(x)]
         for stage in self.stages:
             y = features[-1]

@@ -97,7 +97,9 @@ def ms_deform_attn_3d_grid_sample(
         grid = grids[:, :, :, level].transpose(1, 2).reshape(batch * heads, num_queries, num_points, 1, 3)
         # the coarser dtype of the two is promoted: bfloat16 locations would be off by ~0.02 voxel on a 24-voxel map
         dtype = torch.promote_types(volume.dtype, grid.dtype)
-        sampled = F.grid_sample(volume.to(dtype), grid.to(dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(
+            volume.to(dtype), grid.to(dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         samples.append(sampled.squeeze(-1))  # (B * H, C_h, L_q, K)
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, num_queries, num_levels * num_points)
     output = (torch.cat(samples, dim=-1) * weights.to(samples[0].dtype)).sum(-1)  # (B * H, C_h, L_q)
@@ -136,7 +138,12 @@ class MSDeformAttn3D(nn.Module):
     """
 
     def __init__(
-        self, d_model: int = 384, num_levels: int = 2, num_heads: int = 6, num_points: int = 4, implementation: str = "auto"
+        self,
+        d_model: int = 384,
+        num_levels: int = 2,
+        num_heads: int = 6,
+        num_points: int = 4,
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
         if implementation not in IMPLEMENTATIONS:

@@ -41,7 +41,8 @@ def ms_deform_attn_3d_gather(
     shapes = tuple(tuple(int(s) for s in shape) for shape in spatial_shapes)
     if len(shapes) != sampling_locations.shape[3] or any(len(s) != 3 for s in shapes):
         raise ValueError(
-            f"spatial_shapes needs one (X, Y, Z) per level ({sampling_locations.shape[3]} levels), got {spatial_shapes}."
+            f"spatial_shapes needs one (X, Y, Z) per level ({sampling_locations.shape[3]} levels), "
+            f"got {spatial_shapes}."
         )
     if sum(x * y * z for x, y, z in shapes) != value.shape[1]:
         raise ValueError(f"spatial_shapes {list(shapes)} do not add up to the {value.shape[1]} tokens of value.")
@@ -142,7 +143,9 @@ def _corner_geometry(
     return rows.view(bags, -1), corner_weights.view(bags, -1), axis_weights, axis_slopes, lower
 
 
-def _corner_dots(grad: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, sparse: bool | None = None) -> torch.Tensor:
+def _corner_dots(
+    grad: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, sparse: bool | None = None
+) -> torch.Tensor:
     """
     ``dots[i, j] = <grad[i], table[rows[i, j]]>``: the gradient of the output of bag ``i`` by the weight of its
     corner ``j``. (M, C), (T, C), (M, J) -> (M, J).
@@ -228,7 +231,9 @@ class _GatherSampling(torch.autograd.Function):
     def forward(ctx, value, locations, attention, shapes):  # type: ignore[override]
         batch, num_tokens, heads, channels = value.shape
         num_queries = locations.shape[1]
-        rows, corner_weights, axis_weights, axis_slopes, lower = _corner_geometry(locations, attention, shapes, num_tokens)
+        rows, corner_weights, axis_weights, axis_slopes, lower = _corner_geometry(
+            locations, attention, shapes, num_tokens
+        )
         # detached inputs: embedding_bag then skips the bookkeeping for its own backward
         table = value.detach().reshape(-1, channels)
         output = F.embedding_bag(rows, table, per_sample_weights=corner_weights.detach(), mode="sum")
@@ -261,7 +266,9 @@ class _GatherSampling(torch.autograd.Function):
                     d_x = (dots_yz * slope_x).sum(1)
                     d_y = ((dots_z * weight_x[:, :, None]).sum(1) * slope_y).sum(1)
                     d_z = (((dots * slope_z[:, None, None]).sum(3) * weight_y[:, None]).sum(2) * weight_x).sum(1)
-                    size = torch.tensor(ctx.shapes, device=dots.device, dtype=dots.dtype).view(num_levels, 3, 1, 1, 1, 1)
+                    size = torch.tensor(ctx.shapes, device=dots.device, dtype=dots.dtype).view(
+                        num_levels, 3, 1, 1, 1, 1
+                    )
                     grad_locations = torch.stack((d_x, d_y, d_z), dim=1) * (attention[:, None] * size)
                     grad_locations = grad_locations.permute(2, 3, 4, 0, 5, 1)  # (B, L_q, H, L, K, 3)
             if needs_value:

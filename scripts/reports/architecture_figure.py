@@ -209,8 +209,13 @@ def _count(number: int) -> str:
 def _box(ax: plt.Axes, x: float, y: float, w: float, h: float, kind: str, lines: Sequence[str], bold: int = 1) -> None:
     ax.add_patch(
         FancyBboxPatch(
-            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-            facecolor=_COLOURS[kind], edgecolor="0.35", linewidth=1.0,
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0.02,rounding_size=0.08",
+            facecolor=_COLOURS[kind],
+            edgecolor="0.35",
+            linewidth=1.0,
         )
     )
     step = 0.21
@@ -228,8 +233,16 @@ def _arrow(
         ax.plot([x0, x1], [y0, y1], color=colour, linewidth=1.3, linestyle="--" if dashed else "-", zorder=1)
     ax.add_patch(
         FancyArrowPatch(
-            points[-2], points[-1], arrowstyle=style, mutation_scale=13, color=colour, linewidth=1.3,
-            linestyle="--" if dashed else "-", shrinkA=0, shrinkB=0, zorder=1,
+            points[-2],
+            points[-1],
+            arrowstyle=style,
+            mutation_scale=13,
+            color=colour,
+            linewidth=1.3,
+            linestyle="--" if dashed else "-",
+            shrinkA=0,
+            shrinkB=0,
+            zorder=1,
         )
     )
 
@@ -314,8 +327,13 @@ def draw_architecture(output_png: str, input_size: Sequence[int] = (192, 192, 48
     heading = f"CoTr: {_count(params['total'])} parameters ({parts})"
     ax.text(0.25, 7.72, heading, fontsize=13, fontweight="bold", va="center")
     ax.text(
-        0.25, 7.35, f"Output shapes C × X×Y×Z from forward hooks for a {size} input "
-        "(MONAI axis order); deep-supervision heads are used in training only.", fontsize=10, va="center", color="0.25",
+        0.25,
+        7.35,
+        f"Output shapes C × X×Y×Z from forward hooks for a {size} input "
+        "(MONAI axis order); deep-supervision heads are used in training only.",
+        fontsize=10,
+        va="center",
+        color="0.25",
     )
     legend = [("encoder", "CNN encoder"), ("detrans", "deformable Transformer"), ("decoder", "CNN decoder")]
     legend = [entry for entry in legend if detrans or entry[0] != "detrans"] + [("head", "deep supervision")]

@@ -15,7 +15,8 @@ assuming an axis order; every label voxel must be covered exactly once.
 :class:`SaveDicomSegd` is the inference postprocessing transform (config id ``save_dicom_seg``) and
 :func:`draw_dicom_seg` reads a SEG back and draws it over its source slices::
 
-    python -m scripts.reports.dicom_seg draw --seg_file out/case1_seg.dcm --series /data/dicom/case1 --output_png case1.png
+    python -m scripts.reports.dicom_seg draw --seg_file out/case1_seg.dcm --series /data/dicom/case1 \\
+        --output_png case1.png
 
 highdicom is imported when a SEG is written or read, so that the module (and ``configs/inference.json``) loads in
 environments without it, such as MONAI Label's.
@@ -39,13 +40,25 @@ from pydicom.sr.coding import Code
 
 from scripts.data.dicom import _LPS_TO_RAS, DicomSeries, resolve_series
 from scripts.engine.atomic import atomic_output
-from scripts.engine.infer_folder import CASE_KEY, is_nifti, nifti_case_name, output_path
+from scripts.engine.infer_folder import is_nifti, item_case_name, output_path
 from scripts.reports.overlays import organ_colour, organ_name
 
 __all__ = [
-    "ORGAN_CODES", "GENERIC_CODE", "GRID_TOLERANCE_VOXELS", "SEG_EXTENSION", "SEG_BYTES_PER_VOXEL", "bundle_version",
-    "frame_grid", "source_frames", "read_source_headers", "check_source_series", "segment_descriptions",
-    "write_dicom_seg", "SaveDicomSegd", "draw_dicom_seg", "example_figure",
+    "ORGAN_CODES",
+    "GENERIC_CODE",
+    "GRID_TOLERANCE_VOXELS",
+    "SEG_EXTENSION",
+    "SEG_BYTES_PER_VOXEL",
+    "bundle_version",
+    "frame_grid",
+    "source_frames",
+    "read_source_headers",
+    "check_source_series",
+    "segment_descriptions",
+    "write_dicom_seg",
+    "SaveDicomSegd",
+    "draw_dicom_seg",
+    "example_figure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,7 +87,9 @@ ORGAN_CODES: dict[str, tuple[Code, Code | None, tuple[Code, ...]]] = {
     "aorta": (_sct("15825003", "Aorta"), None, ()),
     "inferior_vena_cava": (_sct("64131007", "Inferior vena cava"), None, ()),
     "portal_and_splenic_veins": (
-        _sct("29092000", "Vein"), None, (_sct("32764006", "Portal vein"), _sct("35819009", "Splenic vein"))
+        _sct("29092000", "Vein"),
+        None,
+        (_sct("32764006", "Portal vein"), _sct("35819009", "Splenic vein")),
     ),
     "pancreas": (_sct("15776009", "Pancreas"), None, ()),
     "right_adrenal_gland": (_ADRENAL_GLAND, _RIGHT, ()),
@@ -100,7 +115,9 @@ _EMPTY_ALLOWED_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientS
                        "StudyDate", "StudyTime")  # fmt: skip
 _ALGORITHM = "CoTr"
 _MANUFACTURER = "CoTr MONAI bundle"
-_METADATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "metadata.json")
+_METADATA = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "metadata.json"
+)
 
 
 def bundle_version(metadata_file: str = _METADATA) -> str:
@@ -401,8 +418,7 @@ class SaveDicomSegd(MapTransform):
             series = resolve_series(source)
             if series is None:
                 raise ValueError(f"{source}: not a DICOM series reference: no DICOM-SEG can reference it")
-            case = d.get(CASE_KEY)
-            case = str(case[0] if isinstance(case, (list, tuple)) else case) if case else nifti_case_name(source)
+            case = item_case_name(d, source)
             array = label.detach().cpu().numpy()
             if array.ndim != 4 or array.shape[0] != 1:
                 raise ValueError(f"{case}: {key!r} must be a one-channel label map (1, X, Y, Z), got {array.shape}")

@@ -4,7 +4,8 @@ averages, a per-organ Dice box plot, a per-organ status chart and one overlay pi
 
 Usage::
 
-    python -m scripts.reports.evaluation --eval_dir eval --dataset_dir /data/RawData --datalist /data/RawData/datalist.json
+    python -m scripts.reports.evaluation --eval_dir eval --dataset_dir /data/RawData \\
+        --datalist /data/RawData/datalist.json
     python -m scripts.reports.evaluation --eval_dir eval --organs "['liver','spleen']"
 """
 
@@ -79,8 +80,19 @@ AVERAGES = (
 )
 _STATUS_COLOURS = {DETECTED: "tab:green", MISSED: "tab:red", FALSE_POSITIVE: "tab:orange", ABSENT: "0.82"}
 _SUMMARY_HEADER = [
-    "protocol", "metric", "organ", "average", "scored", "value", "cases", "organs", "pairs",
-    "detected", "missed", "false_positive", "absent",
+    "protocol",
+    "metric",
+    "organ",
+    "average",
+    "scored",
+    "value",
+    "cases",
+    "organs",
+    "pairs",
+    "detected",
+    "missed",
+    "false_positive",
+    "absent",
 ]
 
 # the matplotlib figures of this module: size in inches and dpi
@@ -165,7 +177,11 @@ def plot_dice_boxplot(
     drawn = [i for i, v in enumerate(finite) if v.size]
     if drawn:
         boxes = ax.boxplot(
-            [finite[i] for i in drawn], positions=positions[drawn], widths=0.6, patch_artist=True, showfliers=False,
+            [finite[i] for i in drawn],
+            positions=positions[drawn],
+            widths=0.6,
+            patch_artist=True,
+            showfliers=False,
             medianprops={"color": "black", "linewidth": 1.5},
         )
         for i, box in zip(drawn, boxes["boxes"]):
@@ -217,8 +233,15 @@ def plot_organ_status(
         for state in ORGAN_STATUSES:
             counts = np.array([sum(row.get(label) == state for row in status.values()) for label in labels], float)
             totals[state] = int(counts.sum())
-            ax.bar(positions, counts, 0.7, bottom=bottom, color=_STATUS_COLOURS[state], edgecolor="white",
-                   label=f"{state} ({totals[state]})")
+            ax.bar(
+                positions,
+                counts,
+                0.7,
+                bottom=bottom,
+                color=_STATUS_COLOURS[state],
+                edgecolor="white",
+                label=f"{state} ({totals[state]})",
+            )
             for x, (count, base) in enumerate(zip(counts, bottom)):
                 if count:
                     ax.text(x, base + count / 2, f"{int(count)}", ha="center", va="center", fontsize=8)
@@ -364,7 +387,8 @@ def write_evaluation_report(
             again and are left out.
         dataset_dir: folder the datalist paths are relative to.
         datalist: datalist JSON for the ground-truth labels, or None to draw the predictions only.
-        organs: report only these organs (config id ``organs``, see ``scripts.engine.metrics.protocol_organs``); None: all.
+        organs: report only these organs (config id ``organs``, see ``scripts.engine.metrics.protocol_organs``);
+            None: all.
         merged_label_map: label -> merged label (config id ``merged_label_map``); default ``BTCV_MERGED_LABEL_MAP``
             when ``merged_label_names`` is also the default. Needed to select ``organs`` in the merged protocol.
 
@@ -448,8 +472,13 @@ def write_evaluation_report(
         title = f"{case}    mean Dice {_format(_case_means(np.array([list(shown.values())], float))[0])}"
         written.append(
             save_overlay_png(
-                image_path, segmentation, os.path.join(report_dir, f"{case}.png"), label_path, names,
-                title=title, scores=shown,
+                image_path,
+                segmentation,
+                os.path.join(report_dir, f"{case}.png"),
+                label_path,
+                names,
+                title=title,
+                scores=shown,
             )
         )
     return written

@@ -40,8 +40,19 @@ logger = logging.getLogger(__name__)
 CASE_SUFFIX, SUMMARY_FILE = "_measurements.csv", "measurements_summary.csv"
 
 MEASUREMENT_COLUMNS = (
-    "case", "label", "name", "voxels", "volume_ml", "mean", "median", "p5", "p95",
-    "touches_border", "components", "largest_component_ml", "small",
+    "case",
+    "label",
+    "name",
+    "voxels",
+    "volume_ml",
+    "mean",
+    "median",
+    "p5",
+    "p95",
+    "touches_border",
+    "components",
+    "largest_component_ml",
+    "small",
 )
 #: default of config id ``min_organ_ml``: an organ whose largest connected part is smaller is flagged ``small``
 #: (well below the smallest BTCV organs, the adrenal glands, which hold a few mL)

@@ -257,7 +257,11 @@ def save_overlay_png(
     for ax, (view, axis, letters) in zip(axes, _VIEWS):
         ax.set_facecolor(_BACKGROUND)
         ax.imshow(
-            ct_slices[view], cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspects[view],
+            ct_slices[view],
+            cmap="gray",
+            vmin=level - width / 2,
+            vmax=level + width / 2,
+            aspect=aspects[view],
             interpolation="antialiased",
         )
         for slices, style, linewidth, fill in overlays:
@@ -280,8 +284,15 @@ def save_overlay_png(
             (("left", "center"), ("right", "center"), ("center", "top"), ("center", "bottom")),
         ):
             ax.text(
-                *xy, text, transform=ax.transAxes, color="#ffcc00", fontsize=10, fontweight="bold", ha=align[0],
-                va=align[1], path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")],
+                *xy,
+                text,
+                transform=ax.transAxes,
+                color="#ffcc00",
+                fontsize=10,
+                fontweight="bold",
+                ha=align[0],
+                va=align[1],
+                path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")],
             )
         ax.set_xlim(-0.5, cols - 0.5)
         ax.set_ylim(rows - 0.5, -0.5)
@@ -291,8 +302,14 @@ def save_overlay_png(
     if entries:
         handles = [Patch(facecolor=colour, edgecolor=colour, label=text) for text, colour in entries]
         fig.legend(
-            handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=9, frameon=False,
-            labelcolor=_TEXT, handlelength=1.2, columnspacing=1.2,
+            handles=handles,
+            loc="lower center",
+            ncol=min(7, len(handles)),
+            fontsize=9,
+            frameon=False,
+            labelcolor=_TEXT,
+            handlelength=1.2,
+            columnspacing=1.2,
         )
     key = "prediction: solid" + (", ground truth: dashed" if truth is not None else "")
     heading = title if title is not None else os.path.basename(image_path)
@@ -303,9 +320,9 @@ def save_overlay_png(
 
 class SaveOverlayd(SavedSegmentationTransform):
     """
-    Draws the overlay of the saved segmentation on the original image (:func:`scripts.reports.overlays.save_overlay_png`)
-    into ``output_dir/<case>.png``. Arguments as :class:`SavedSegmentationTransform`, plus ``window``: the CT
-    window (level, width) in HU.
+    Draws the overlay of the saved segmentation on the original image
+    (:func:`scripts.reports.overlays.save_overlay_png`) into ``output_dir/<case>.png``. Arguments as
+    :class:`SavedSegmentationTransform`, plus ``window``: the CT window (level, width) in HU.
 
     Example::
 
@@ -324,7 +341,9 @@ class SaveOverlayd(SavedSegmentationTransform):
         enabled: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, output_dir, seg_dir, output_postfix, output_ext, label_names, enabled, allow_missing_keys)
+        super().__init__(
+            keys, output_dir, seg_dir, output_postfix, output_ext, label_names, enabled, allow_missing_keys
+        )
         if len(window) != 2 or window[1] <= 0:
             raise ValueError(f"window must be (level, width) with width > 0, got {window}.")
         self.window = (float(window[0]), float(window[1]))

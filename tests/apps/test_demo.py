@@ -15,9 +15,23 @@ from tests.conftest import BUNDLE_ROOT
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.apps.demo", "--workdir", str(tmp_path), "--num_cases", "4", "--num_test", "1",
-         "--max_epochs", "1"],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "scripts.apps.demo",
+            "--workdir",
+            str(tmp_path),
+            "--num_cases",
+            "4",
+            "--num_test",
+            "1",
+            "--max_epochs",
+            "1",
+        ],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stderr[-6000:]
     dice = re.search(r"Held-out mean Dice over the 13 organs \(synthetic data\): ([0-9.]+)", result.stdout)

@@ -52,7 +52,12 @@ TINY_NETWORK = {
 TINY_INFERENCE = {**TINY_NETWORK, "tta_flip_axes": [], "sw_batch_size": 4}
 # validation every epoch, so that a one-epoch run of MONAI Label also writes models/model.pt
 TINY_TRAINING = {
-    **TINY_NETWORK, "epoch_length": 2, "val_interval": 1, "batch_size": 1, "cache_rate": 0.0, "num_workers": 0
+    **TINY_NETWORK,
+    "epoch_length": 2,
+    "val_interval": 1,
+    "batch_size": 1,
+    "cache_rate": 0.0,
+    "num_workers": 0,
 }
 TRAINING_IMAGES = ("img0001", "img0002", "img0003", "img0004")  # labelled through the server (3 train, 1 validation)
 TEST_IMAGE = "img0007"  # one of the synthetic study's unlabelled test images
@@ -236,7 +241,7 @@ def test_fine_tuning_on_uploaded_labels(server: Server, synthetic_study: str, tm
     assert os.path.getmtime(models / "model.pt") >= started
     # the next inference reloads models/model.pt: it runs on the fine-tuned weights
     _check_label_map(_infer(server, TEST_IMAGE, tmp_path / "label.nii.gz"), server.studies / f"{TEST_IMAGE}.nii.gz")
-    assert server.log_file.read_text()[len(log_before):].count("Reload model from cache") == 1
+    assert server.log_file.read_text()[len(log_before) :].count("Reload model from cache") == 1
 
 
 def test_training_on_a_corrupt_label_fails_naming_it(server: Server):

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch._inductor.config
+from monai.bundle import ConfigParser
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
-
-from monai.bundle import ConfigParser
 from monai.transforms import Activationsd, AsDiscreted, Invertd, SaveImaged
 
 from scripts.benchmarks.bench_inference import (
@@ -27,9 +26,8 @@ from scripts.benchmarks.bench_inference import (
     segmentation_dice,
 )
 from scripts.engine.inferers import FlipTTAInferer
-from scripts.networks.decoder import CoTrDecoder
 from scripts.engine.streaming import StreamingSegmentationInferer
-
+from scripts.networks.decoder import CoTrDecoder
 from tests.conftest import BUNDLE_ROOT
 
 
@@ -46,7 +44,9 @@ def test_segmentation_dice_matches_monai():
 
 @pytest.mark.slow
 def test_tiny_run_compares_all_configurations():
-    results = run_benchmark(shape=(96, 96, 40), spacing=(1.5, 1.5, 3.0), overlay=os.path.join(BUNDLE_ROOT, "configs", "demo.json"))
+    results = run_benchmark(
+        shape=(96, 96, 40), spacing=(1.5, 1.5, 3.0), overlay=os.path.join(BUNDLE_ROOT, "configs", "demo.json")
+    )
     assert not torch._inductor.config.freezing  # the compiled variant's process-wide setting does not leak out
     assert list(results) == list(VARIANTS)
     reference, exact, bfloat16 = (results[name] for name in VARIANTS)
@@ -77,17 +77,27 @@ def test_comparison_overrides_share_the_saving_postprocessing():
     (whole_inferer, whole_post), (streaming_inferer, streaming_post) = parsed["whole_volume"], parsed["streaming"]
     assert isinstance(whole_inferer, FlipTTAInferer) and isinstance(streaming_inferer, StreamingSegmentationInferer)
     assert [type(t) for t in whole_post[:3]] == [Activationsd, Invertd, AsDiscreted]
-    assert [type(t) for t in whole_post[3:]] == [type(t) for t in streaming_post] and type(streaming_post[0]).__name__ == "KeepOrgansd" and isinstance(streaming_post[1], SaveImaged)
+    assert (
+        [type(t) for t in whole_post[3:]] == [type(t) for t in streaming_post]
+        and type(streaming_post[0]).__name__ == "KeepOrgansd"
+        and isinstance(streaming_post[1], SaveImaged)
+    )
     background = (parser["hu_min"] - parser["intensity_mean"]) / parser["intensity_std"]
-    assert streaming_inferer.pad_value == pytest.approx(background) and whole_inferer.inferer.cval == pytest.approx(background)
-    assert streaming_inferer.roi_size == tuple(parser["patch_size"]) and streaming_inferer.tta_axes == tuple(parser["tta_flip_axes"])
+    assert streaming_inferer.pad_value == pytest.approx(background) and whole_inferer.inferer.cval == pytest.approx(
+        background
+    )
+    assert streaming_inferer.roi_size == tuple(parser["patch_size"]) and streaming_inferer.tta_axes == tuple(
+        parser["tta_flip_axes"]
+    )
 
 
 @pytest.mark.slow
 def test_tiny_streaming_comparison():
     shapes = [(96, 96, 40), (96, 96, 80)]
     results = run_streaming_benchmark(
-        shapes=shapes, spacing=(1.5, 1.5, 4.0), overlay=os.path.join(BUNDLE_ROOT, "configs", "demo.json"),
+        shapes=shapes,
+        spacing=(1.5, 1.5, 4.0),
+        overlay=os.path.join(BUNDLE_ROOT, "configs", "demo.json"),
         network_standin=True,
     )
     assert list(results) == ["96x96x40", "96x96x80"]

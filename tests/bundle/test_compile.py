@@ -1,4 +1,7 @@
-"""``compile_network``: the configs compile CoTr's encoder and decoder in place, so outputs and checkpoint keys stay the same."""
+"""
+``compile_network``: the configs compile CoTr's encoder and decoder in place, so outputs and checkpoint keys stay the
+same.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,25 @@ import torch._inductor.config
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from scripts.networks import CoTr
 from scripts.engine.streaming import StreamingSegmentationInferer
+from scripts.networks import CoTr
 
 from .conftest import config_paths
 
-TINY = {"network_def#blocks": [1, 1, 1], "network_def#channels": [8, 16, 24, 24], "network_def#d_model": 24,
-        "network_def#num_heads": 4, "network_def#num_layers": 1, "network_def#mlp_dim": 32, "num_classes": 3,
-        "label_names": {"0": "background", "1": "liver", "2": "spleen"}, "device": "$torch.device('cpu')",
-        "patch_size": [32, 32, 16], "sw_batch_size": 2, "tta_flip_axes": [0]}
+TINY = {
+    "network_def#blocks": [1, 1, 1],
+    "network_def#channels": [8, 16, 24, 24],
+    "network_def#d_model": 24,
+    "network_def#num_heads": 4,
+    "network_def#num_layers": 1,
+    "network_def#mlp_dim": 32,
+    "num_classes": 3,
+    "label_names": {"0": "background", "1": "liver", "2": "spleen"},
+    "device": "$torch.device('cpu')",
+    "patch_size": [32, 32, 16],
+    "sw_batch_size": 2,
+    "tta_flip_axes": [0],
+}
 
 # inference and evaluation freeze the weights into the compiled graph; training must not (its weights change)
 FROZEN = "$@compile_network and scripts.engine.inferers.compile_for_inference(@network)"
@@ -40,7 +53,9 @@ def restore_inductor_freezing():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("clang++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
 @pytest.mark.parametrize("configs", list(COMPILE_STEPS), ids="+".join)
 def test_compiled_network_matches_eager_with_weights_loaded_after_compiling(configs):
     parser = ConfigParser()

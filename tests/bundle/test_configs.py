@@ -7,11 +7,11 @@ import glob
 import importlib.metadata
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-import os
 
 import ignite.distributed
 import monai.networks.nets
@@ -61,16 +61,25 @@ def test_check_properties(files, workflow_type, synthetic_study, request):
 
 #: every config file as it is run: alone or over the configs it overlays
 CONFIG_STACKS = [
-    ["train.json"], ["train.json", "demo.json"], ["train.json", "evaluate.json"],
-    ["train.json", "evaluate.json", "demo.json"], ["train.json", "multi_gpu_train.json"],
-    ["train.json", "evaluate.json", "multi_gpu_evaluate.json"], ["train.json", "evaluate.json", "datasets/btcv.json"],
-    ["inference.json"], ["inference.json", "demo.json"], ["inference.json", "multi_gpu_inference.json"],
+    ["train.json"],
+    ["train.json", "demo.json"],
+    ["train.json", "evaluate.json"],
+    ["train.json", "evaluate.json", "demo.json"],
+    ["train.json", "multi_gpu_train.json"],
+    ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
+    ["train.json", "evaluate.json", "datasets/btcv.json"],
+    ["inference.json"],
+    ["inference.json", "demo.json"],
+    ["inference.json", "multi_gpu_inference.json"],
     ["inference.json", "datasets/btcv.json"],
-    *(["train.json", f"{kind}/{os.path.basename(p)}"] for kind in ("baselines", "variants")
-      for p in sorted(glob.glob(os.path.join(CONFIGS, kind, "*.json")))),
+    *(
+        ["train.json", f"{kind}/{os.path.basename(p)}"]
+        for kind in ("baselines", "variants")
+        for p in sorted(glob.glob(os.path.join(CONFIGS, kind, "*.json")))
+    ),
 ]
-#: literal ids that are not user tunables, so they have no rule in scripts.engine.config_check.RULES (an id ending in '#'
-#: covers every id below it)
+#: literal ids that are not user tunables, so they have no rule in scripts.engine.config_check.RULES (an id ending in
+#: '#' covers every id below it)
 NOT_TUNABLE = {
     "network_def#": "network hyperparameters: the network's constructor refuses inconsistent values (e.g. CoTr's "
     "d_model against the widths it attends over) and startup checks patch_size against the built network",
@@ -134,8 +143,10 @@ def test_every_literal_tunable_id_is_checked(files):
                 r.startswith(key + "#") for r in read
             ):
                 unchecked.append(f"{name}: {key}")
-    assert not unchecked, f"literal ids without a rule: add them to checked_config and scripts.engine.config_check.RULES, " \
+    assert not unchecked, (
+        f"literal ids without a rule: add them to checked_config and scripts.engine.config_check.RULES, "
         f"or to NOT_TUNABLE with the reason: {unchecked}"
+    )
 
 
 def test_a_new_literal_id_without_a_rule_is_found(tmp_path):
@@ -195,7 +206,12 @@ def test_rank_zero_handlers_are_named_and_write_every_file(single_process_group,
 
 @pytest.mark.parametrize(
     "variant, expected",
-    [(None, 41_872_504), ("cotr_star.json", 27_934_840), ("cotr_dagger.json", 36_894_712), ("without_detrans.json", 32_555_512)],
+    [
+        (None, 41_872_504),
+        ("cotr_star.json", 27_934_840),
+        ("cotr_dagger.json", 36_894_712),
+        ("without_detrans.json", 32_555_512),
+    ],
 )
 def test_variant_overlays_build_the_paper_networks(variant, expected):
     parser = ConfigParser()
@@ -216,6 +232,7 @@ def test_inference_and_train_describe_the_same_network_and_preprocessing():
     shared = ("patch_size", "target_spacing", "hu_min", "hu_max", "intensity_mean", "intensity_std", "num_classes")
     for key in (*shared, "label_names", "normalize_intensity", "foreground_crop_hu"):
         assert train[key] == infer[key], key
+
     def targets(transforms: list) -> list[str]:
         return [t if isinstance(t, str) else t["_target_"] for t in transforms]
 
@@ -278,7 +295,8 @@ def _modules_named_in(text: str) -> set[str]:
     for dotted in re.findall(r"\bscripts(?:\.\w+)+", text):
         parts = dotted.split(".")
         while parts and not (
-            os.path.isfile(os.path.join(BUNDLE_ROOT, *parts) + ".py") or os.path.isdir(os.path.join(BUNDLE_ROOT, *parts))
+            os.path.isfile(os.path.join(BUNDLE_ROOT, *parts) + ".py")
+            or os.path.isdir(os.path.join(BUNDLE_ROOT, *parts))
         ):
             parts.pop()  # drop attribute names after the module
         if parts:
@@ -335,7 +353,9 @@ def test_every_imported_package_is_declared_in_metadata():
             if network is not None:
                 source = inspect.getsource(sys.modules[network.__module__])
                 imported |= set(re.findall(r"optional_import\(\s*[\"'](\w+)", source))
-    assert "scripts.networks" in modules and "scripts.engine.infer_folder" in modules  # the scan sees the configs' modules
+    assert (
+        "scripts.networks" in modules and "scripts.engine.infer_folder" in modules
+    )  # the scan sees the configs' modules
     for module in modules:
         imported |= _third_party_imports(module, seen)
     assert {"nibabel", "ignite", "pydicom"} <= imported and "einops" in imported  # and what they import
@@ -355,10 +375,25 @@ def test_training_refuses_a_bad_case_before_it_starts(synthetic_study, tmp_path)
     broken = study / datalist["training"][-1]["label"]
     broken.write_bytes(broken.read_bytes()[:200])  # a truncated download
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-         str(config_paths("train.json", "demo.json")), "--dataset_dir", str(study),
-         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            str(config_paths("train.json", "demo.json")),
+            "--dataset_dir",
+            str(study),
+            "--ckpt_dir",
+            str(tmp_path / "models"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode != 0
     assert str(broken) in result.stderr and "Epoch" not in result.stdout + result.stderr

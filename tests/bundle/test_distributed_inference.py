@@ -2,9 +2,9 @@
 Cohort inference over several processes and nodes (``configs/multi_gpu_inference.json``), resumable runs
 (``--skip_existing True``) and sharded evaluation (``configs/multi_gpu_evaluate.json``).
 
-The fast tests run the ranks of :class:`scripts.engine.infer_folder.InferenceInputs` as threads of this process, exchanging
-their values through an emulated ``all_gather_object``; the slow ones launch ``torchrun`` with Gloo on the CPU and
-compare every output with a single-process run of the same cases.
+The fast tests run the ranks of :class:`scripts.engine.infer_folder.InferenceInputs` as threads of this process,
+exchanging their values through an emulated ``all_gather_object``; the slow ones launch ``torchrun`` with Gloo on the
+CPU and compare every output with a single-process run of the same cases.
 """
 
 from __future__ import annotations

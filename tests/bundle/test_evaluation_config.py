@@ -13,8 +13,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts.engine.config_check import ConfigValueError
-from tests.reliability.conftest import config_paths, root_cause, run_bundle, workflow
 from tests.engine.test_metrics import _reference_dice, _reference_hd95, _reference_nsd
+from tests.reliability.conftest import config_paths, root_cause, run_bundle, workflow
 
 EVALUATE = ["train.json", "evaluate.json", "demo.json"]
 
@@ -49,8 +49,13 @@ def test_surface_dice_tolerances_are_checked_per_organ(tmp_path, overrides, expe
 
 @pytest.mark.parametrize(
     "key, value",
-    [("hd_percentile", 0), ("hd_percentile", 101), ("surface_dice_tolerance_mm", "3 mm"),
-     ("surface_dice_tolerance_mm", {"liver": -1.0}), ("organs", [3])],
+    [
+        ("hd_percentile", 0),
+        ("hd_percentile", 101),
+        ("surface_dice_tolerance_mm", "3 mm"),
+        ("surface_dice_tolerance_mm", {"liver": -1.0}),
+        ("organs", [3]),
+    ],
 )
 def test_config_check_names_the_bad_evaluation_id(tmp_path, key, value):
     error = _refusal(tmp_path, **{key: value})
@@ -68,9 +73,20 @@ def test_cli_evaluation_of_an_organ_subset(synthetic_study, tmp_path):
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
     output = tmp_path / "eval"
     result = run_bundle(
-        "run", "evaluating", "--config_file", str(config_paths(*EVALUATE)), "--dataset_dir", synthetic_study,
-        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(output), "--organs", "['liver','kidneys']",
-        "--surface_dice_tolerance_mm#liver", "4.0",
+        "run",
+        "evaluating",
+        "--config_file",
+        str(config_paths(*EVALUATE)),
+        "--dataset_dir",
+        synthetic_study,
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(output),
+        "--organs",
+        "['liver','kidneys']",
+        "--surface_dice_tolerance_mm#liver",
+        "4.0",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "13 organs: Dice" in result.stdout + result.stderr
@@ -78,7 +94,8 @@ def test_cli_evaluation_of_an_organ_subset(synthetic_study, tmp_path):
         rows = list(csv.DictReader(f))
     organs = {2: "right kidney", 3: "left kidney", 6: "liver"}
     assert [c for c in rows[0] if c.startswith("status_")] == [f"status_13/{o}" for o in organs.values()] + [
-        "status_11/kidneys", "status_11/liver"
+        "status_11/kidneys",
+        "status_11/liver",
     ]
     validation = json.load(open(os.path.join(synthetic_study, "datalist.json")))["validation"]
     assert len(rows) == len(validation)

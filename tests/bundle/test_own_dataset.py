@@ -30,9 +30,7 @@ SHORT = ["--max_epochs", "2", "--epoch_length", "2", "--val_interval", "1", "--n
 
 
 def _script(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", *args], cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600
-    )
+    result = subprocess.run([sys.executable, "-m", *args], cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 
@@ -44,7 +42,9 @@ def test_prepare_fingerprint_finetune_evaluate_and_measure(tmp_path):
     out = _script("scripts.data.prepare_dataset", "msd", "--data_dir", str(data), "--output", str(datalist))
     assert "training 3, validation 1, testing 1 cases" in out
     datasets = tmp_path / "datasets"
-    out = _script("scripts.data.fingerprint", "--datalist", str(datalist), "--name", "synthetic", "--output_dir", str(datasets))
+    out = _script(
+        "scripts.data.fingerprint", "--datalist", str(datalist), "--name", "synthetic", "--output_dir", str(datasets)
+    )
     overlay, meta = datasets / "synthetic.json", datasets / "synthetic_metadata.json"
     assert f"wrote {overlay} and {meta}: 4 cases, 3 classes" in out
     fingerprint = json.load(open(overlay))
@@ -57,16 +57,31 @@ def test_prepare_fingerprint_finetune_evaluate_and_measure(tmp_path):
     models, evaluation = tmp_path / "models", tmp_path / "eval"
     paths = ["--meta_file", str(meta), "--ckpt_dir", str(models), "--output_dir", str(evaluation)]
     result = run_cli(
-        "run", "training", "--config_file", str([*small, str(overlay)]), *paths,
-        "--pretrained", str(tmp_path / "btcv14.pt"), *SHORT,
-        "--logging_file", os.path.join(BUNDLE_ROOT, "configs", "logging.conf"),
+        "run",
+        "training",
+        "--config_file",
+        str([*small, str(overlay)]),
+        *paths,
+        "--pretrained",
+        str(tmp_path / "btcv14.pt"),
+        *SHORT,
+        "--logging_file",
+        os.path.join(BUNDLE_ROOT, "configs", "logging.conf"),
     )
     log = result.stdout + result.stderr
     assert f"pretrained {tmp_path / 'btcv14.pt'}: loaded" in log and "re-initialised 8" in log
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert state["decoder.final_head.weight"].shape[0] == 3
 
-    run_cli("run", "evaluating", "--config_file", str([*config_paths("train.json", "demo.json", "evaluate.json"), str(overlay)]), *paths, "--num_workers", "0")
+    run_cli(
+        "run",
+        "evaluating",
+        "--config_file",
+        str([*config_paths("train.json", "demo.json", "evaluate.json"), str(overlay)]),
+        *paths,
+        "--num_workers",
+        "0",
+    )
     with open(evaluation / "report" / "per_case_metrics.csv") as f:
         header = next(csv.reader(f))
     assert header == ["case", "image"] + [
@@ -75,9 +90,20 @@ def test_prepare_fingerprint_finetune_evaluate_and_measure(tmp_path):
 
     inference = tmp_path / "inference"
     run_cli(
-        "run", "inference", "--config_file", str([*config_paths("inference.json", "demo.json"), str(overlay)]),
-        "--meta_file", str(meta), "--dataset_dir", str(data / "imagesTs"), "--ckpt_dir", str(models),
-        "--output_dir", str(inference), "--save_measurements", "True",
+        "run",
+        "inference",
+        "--config_file",
+        str([*config_paths("inference.json", "demo.json"), str(overlay)]),
+        "--meta_file",
+        str(meta),
+        "--dataset_dir",
+        str(data / "imagesTs"),
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(inference),
+        "--save_measurements",
+        "True",
     )
     (source,) = glob.glob(str(data / "imagesTs" / "*.nii.gz"))
     image = nib.load(source)

@@ -6,15 +6,13 @@ import csv
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from .conftest import BUNDLE_ROOT, CONFIGS, config_paths, run_cli
+from .conftest import CONFIGS, config_paths, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +45,9 @@ def _dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
 
 
 def test_evaluation_metrics_match_saved_segmentations(trained):
-    run_cli("run", "evaluating", "--config_file", _configs("train.json", "evaluate.json", "demo.json"), *trained["paths"])
+    run_cli(
+        "run", "evaluating", "--config_file", _configs("train.json", "evaluate.json", "demo.json"), *trained["paths"]
+    )
     evaluation = trained["work"] / "eval"
     datalist = json.load(open(os.path.join(trained["study"], "datalist.json")))
     with open(evaluation / "val_mean_dice_raw.csv") as f:
@@ -55,7 +55,9 @@ def test_evaluation_metrics_match_saved_segmentations(trained):
     assert len(rows) == len(datalist["validation"])
     for case in datalist["validation"]:
         image = nib.load(os.path.join(trained["study"], case["image"]))
-        segmentation = nib.load(evaluation / "segmentations" / os.path.basename(case["image"]).replace(".nii.gz", "_seg.nii.gz"))
+        segmentation = nib.load(
+            evaluation / "segmentations" / os.path.basename(case["image"]).replace(".nii.gz", "_seg.nii.gz")
+        )
         assert segmentation.shape == image.shape and np.allclose(segmentation.affine, image.affine, atol=1e-4)
         prediction = np.asarray(segmentation.dataobj)
         truth = np.asarray(nib.load(os.path.join(trained["study"], case["label"])).dataobj)
@@ -75,9 +77,18 @@ def test_inference_keeps_input_geometry(trained, tmp_path):
     images = os.path.join(trained["study"], "Testing", "img")
     output = tmp_path / "segmentations"
     run_cli(
-        "run", "inference", "--config_file", _configs("inference.json", "demo.json"),
-        "--dataset_dir", images, "--ckpt_dir", str(trained["work"] / "models"), "--output_dir", str(output),
-        "--save_measurements", "True",
+        "run",
+        "inference",
+        "--config_file",
+        _configs("inference.json", "demo.json"),
+        "--dataset_dir",
+        images,
+        "--ckpt_dir",
+        str(trained["work"] / "models"),
+        "--output_dir",
+        str(output),
+        "--save_measurements",
+        "True",
     )
     inputs = sorted(glob.glob(os.path.join(images, "*.nii.gz")))
     with open(output / "measurements_summary.csv") as f:
@@ -100,9 +111,20 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     run_cli("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", overlay, "--p", "1", "--n", "1")
     exported = tmp_path / "model.ts"
     run_cli(
-        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file",
-        str(trained["work"] / "models" / "model.pt"), "--meta_file", meta, "--config_file", overlay,
-        "--use_trace", "True", "--input_shape", "[1,1,64,64,32]",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(trained["work"] / "models" / "model.pt"),
+        "--meta_file",
+        meta,
+        "--config_file",
+        overlay,
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1,1,64,64,32]",
     )
     from monai.bundle import ConfigParser
 
@@ -125,8 +147,13 @@ def _write_dicom_series(volume_xyz: np.ndarray, folder: str) -> None:
     for k in range(volume_xyz.shape[2]):
         pixels = (volume_xyz[:, :, k].T - INTERCEPT).astype(np.int16)  # rows x columns, stored values
         write_slice(
-            os.path.join(folder, f"slice{k:03d}.dcm"), pixels, series_uid, (-20.0, -30.0, 100.0 + 2.5 * k),
-            ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], PixelSpacing=[0.8, 0.8], SliceThickness=2.5,
+            os.path.join(folder, f"slice{k:03d}.dcm"),
+            pixels,
+            series_uid,
+            (-20.0, -30.0, 100.0 + 2.5 * k),
+            ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            PixelSpacing=[0.8, 0.8],
+            SliceThickness=2.5,
             InstanceNumber=k + 1,
         )
 
@@ -136,14 +163,26 @@ def test_inference_reads_a_dicom_series(trained, tmp_path):
 
     series = tmp_path / "dicom" / "case01"
     series.mkdir(parents=True)
-    hu = np.asarray(nib.load(os.path.join(trained["study"], "Testing", "img", os.listdir(
-        os.path.join(trained["study"], "Testing", "img"))[0])).dataobj)
+    hu = np.asarray(
+        nib.load(
+            os.path.join(
+                trained["study"], "Testing", "img", os.listdir(os.path.join(trained["study"], "Testing", "img"))[0]
+            )
+        ).dataobj
+    )
     _write_dicom_series(np.ascontiguousarray(hu[:64, :64, :32]).astype(np.int16), str(series))
     output = tmp_path / "out"
     run_cli(
-        "run", "inference", "--config_file", _configs("inference.json", "demo.json"),
-        "--dataset_dir", str(tmp_path / "dicom"),
-        "--ckpt_dir", str(trained["work"] / "models"), "--output_dir", str(output),
+        "run",
+        "inference",
+        "--config_file",
+        _configs("inference.json", "demo.json"),
+        "--dataset_dir",
+        str(tmp_path / "dicom"),
+        "--ckpt_dir",
+        str(trained["work"] / "models"),
+        "--output_dir",
+        str(output),
     )
     volume, affine = read_series_reference(str(series))
     segmentation = nib.load(output / "case01_seg.nii.gz")

@@ -85,7 +85,12 @@ def random_study(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(random_study, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("zoo_work")
-    override = {**TRAIN, "dataset_dir": random_study, "ckpt_dir": str(work / "models"), "output_dir": str(work / "eval")}
+    override = {
+        **TRAIN,
+        "dataset_dir": random_study,
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "eval"),
+    }
     _run_workflow(["train.json"], "train", override)
     return override
 
@@ -126,15 +131,33 @@ def test_infer_config(trained, random_study, tmp_path):
 @pytest.mark.slow
 def test_train_two_processes(random_study, tmp_path):
     """The zoo's multi-GPU unit test: export train.json + multi_gpu_train.json with the overrides, torchrun it."""
-    override = {**TRAIN, "dataset_dir": random_study, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    override = {
+        **TRAIN,
+        "dataset_dir": random_study,
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "eval"),
+    }
     parser = ConfigParser()
     parser.read_config(config_paths("train.json", "multi_gpu_train.json"))
     parser.update(pairs=override)
     exported = str(tmp_path / "train_override.json")
     ConfigParser.export_config_file(parser.config, exported, indent=4)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run", "--config_file", exported, "--meta_file", META, "--logging_file", LOGGING,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        exported,
+        "--meta_file",
+        META,
+        "--logging_file",
+        LOGGING,
     ]
     env = {**os.environ, "PYTHONPATH": BUNDLE_ROOT}  # the bundle's scripts package, as the zoo sets it
     result = subprocess.run(command, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -161,8 +184,19 @@ def test_torchscript_export_by_scripting(tmp_path):
     exported = tmp_path / "model.ts"
     overrides = [arg for key, value in NETWORK.items() for arg in (f"--{key}", json.dumps(value))]
     run_cli(
-        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(checkpoint), "--meta_file", META,
-        "--config_file", config_paths("inference.json")[0], "--bundle_root", BUNDLE_ROOT, *overrides,
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(checkpoint),
+        "--meta_file",
+        META,
+        "--config_file",
+        config_paths("inference.json")[0],
+        "--bundle_root",
+        BUNDLE_ROOT,
+        *overrides,
     )
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(exported), _extra_files=extra)

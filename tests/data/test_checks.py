@@ -39,7 +39,6 @@ def truncate(path: str, keep: float = 0.5) -> None:
         f.write(data[: int(len(data) * keep)])
 
 
-
 def test_valid_pair_has_no_problems(tmp_path):
     image, label = write_pair(tmp_path)
     assert check_image_label_pair(image, label, 14) == []

@@ -11,10 +11,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.engine.config_check import check_config
 from scripts.data.fingerprint import anisotropic_target_spacing, fingerprint, fit_patch_size, network_size_divisor
 from scripts.data.prepare_dataset import prepare_msd
 from scripts.data.synthetic import generate_msd
+from scripts.engine.config_check import check_config
 
 from ..conftest import BUNDLE_ROOT
 
@@ -124,8 +124,15 @@ def test_ct_overlay_sets_the_classes_of_every_config(tmp_path):
 
 def test_shipped_btcv_overlay_is_the_papers_recipe_and_the_default():
     btcv = json.load(open(os.path.join(CONFIGS, "datasets", "btcv.json")))
-    assert (btcv["hu_min"], btcv["hu_max"], btcv["intensity_mean"], btcv["intensity_std"]) == (-958.0, 327.0, 82.92, 136.97)
-    defaults = json.load(open(os.path.join(CONFIGS, "train.json"))) | json.load(open(os.path.join(CONFIGS, "evaluate.json")))
+    assert (btcv["hu_min"], btcv["hu_max"], btcv["intensity_mean"], btcv["intensity_std"]) == (
+        -958.0,
+        327.0,
+        82.92,
+        136.97,
+    )
+    defaults = json.load(open(os.path.join(CONFIGS, "train.json"))) | json.load(
+        open(os.path.join(CONFIGS, "evaluate.json"))
+    )
     for key, value in btcv.items():
         if key != "dataset_fingerprint":
             assert defaults[key] == value, key

@@ -62,7 +62,9 @@ def test_nnunet_layout_pairs_channel_files_with_labels(tmp_path):
     generate_msd(str(root), num_cases=3, shape=SHAPE, seed=2, nnunet=True)
     spec = _spec(root)
     assert spec["labels"] == {"background": 0, "liver": 1, "spleen": 2} and "training" not in spec
-    datalist = json.load(open(prepare_msd(str(root), output=str(tmp_path / "d.json"), split="kfold", num_folds=3, fold=2)))
+    datalist = json.load(
+        open(prepare_msd(str(root), output=str(tmp_path / "d.json"), split="kfold", num_folds=3, fold=2))
+    )
     items = datalist["training"] + datalist["validation"]
     assert len(datalist["validation"]) == 1 and len(items) == 3
     assert sorted((i["image"], i["label"]) for i in items) == [
@@ -82,7 +84,9 @@ def test_glob_patterns_pair_files_by_their_wildcards(msd, tmp_path):
     assert pairs[("p2",)] == (str(data / "ct" / "p2_img.nii.gz"), str(data / "seg" / "p2_mask.nii.gz"))
 
     output = prepare_folder(
-        str(data / "ct" / "*_img.nii.gz"), str(data / "seg" / "*_mask.nii.gz"), ["background", "liver", "spleen"],
+        str(data / "ct" / "*_img.nii.gz"),
+        str(data / "seg" / "*_mask.nii.gz"),
+        ["background", "liver", "spleen"],
         output=str(tmp_path / "datalist.json"),
     )
     datalist = json.load(open(output))
@@ -93,7 +97,9 @@ def test_glob_patterns_pair_files_by_their_wildcards(msd, tmp_path):
 
     shutil.copy(data / "ct" / "p1_img.nii.gz", data / "ct" / "p9_img.nii.gz")  # no label
     _, problems = match_pairs(str(data / "ct" / "*_img.nii.gz"), str(data / "seg" / "*_mask.nii.gz"))
-    assert problems == [f"{data / 'ct' / 'p9_img.nii.gz'}: image without a label matching '{data / 'seg' / '*_mask.nii.gz'}'"]
+    assert problems == [
+        f"{data / 'ct' / 'p9_img.nii.gz'}: image without a label matching '{data / 'seg' / '*_mask.nii.gz'}'"
+    ]
     with pytest.raises(ValueError, match="same wildcards"):
         match_pairs(str(data / "ct" / "*_img.nii.gz"), str(data / "seg" / "labels.nii.gz"))
 
@@ -102,7 +108,10 @@ def test_cli_writes_the_datalist(msd, tmp_path):
     output = tmp_path / "datalist.json"
     result = subprocess.run(
         [sys.executable, "-m", "scripts.data.prepare_dataset", "msd", "--data_dir", str(msd), "--output", str(output)],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert f"wrote {output}: training 3, validation 1, testing 1 cases" in result.stdout
@@ -116,17 +125,29 @@ def test_cli_reports_bad_data_without_a_traceback(msd, tmp_path):
     output = tmp_path / "datalist.json"
     result = subprocess.run(
         [sys.executable, "-m", "scripts.data.prepare_dataset", "msd", "--data_dir", str(msd), "--output", str(output)],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{os.path.join(msd, 'labelsTr', 'case_001.nii.gz')}: label values outside [0, 1] (2 classes): 2" in result.stderr
+    assert (
+        f"{os.path.join(msd, 'labelsTr', 'case_001.nii.gz')}: label values outside [0, 1] (2 classes): 2"
+        in result.stderr
+    )
     assert not output.exists()
 
 
 def test_label_maps_of_both_layouts_and_their_errors():
     assert parse_msd_labels({"0": "background", "1": "liver"}, "d.json") == {0: "background", 1: "liver"}
-    assert parse_msd_labels({"background": 0, "tumour": 2, "liver": 1}, "d.json") == {0: "background", 1: "liver", 2: "tumour"}
-    with pytest.raises(DataValidationError, match=r"d.json: label values \[0, 1, 5\] have gaps \(missing \[2, 3, 4\]\)"):
+    assert parse_msd_labels({"background": 0, "tumour": 2, "liver": 1}, "d.json") == {
+        0: "background",
+        1: "liver",
+        2: "tumour",
+    }
+    with pytest.raises(
+        DataValidationError, match=r"d.json: label values \[0, 1, 5\] have gaps \(missing \[2, 3, 4\]\)"
+    ):
         parse_msd_labels({"0": "background", "1": "liver", "5": "tumour"}, "d.json")
     with pytest.raises(DataValidationError, match="region-based labels"):
         parse_msd_labels({"background": 0, "whole": [1, 2]}, "d.json")
@@ -151,7 +172,9 @@ def test_label_value_not_declared_names_the_file(msd, tmp_path):
     values = np.asarray(label.dataobj).copy()
     values[0, 0, 0] = 7
     nib.save(nib.Nifti1Image(values, label.affine, label.header), path)
-    error = _fails(msd, tmp_path, f"{path}: label values outside [0, 2] (3 classes): 7", "declares in 'labels' (0, 1, 2)")
+    error = _fails(
+        msd, tmp_path, f"{path}: label values outside [0, 2] (3 classes): 7", "declares in 'labels' (0, 1, 2)"
+    )
     assert len(error.problems) == 1
 
 
@@ -169,7 +192,8 @@ def test_file_list_that_disagrees_with_the_folder(msd, tmp_path):
     spec["numTraining"] = 9
     _write_spec(msd, spec)
     _fails(
-        msd, tmp_path,
+        msd,
+        tmp_path,
         f"{os.path.join(msd, 'labelsTr/case_003.nii.gz')}: listed in {os.path.join(msd, 'dataset.json')} but not found",
         f"{os.path.join(msd, 'imagesTr', 'extra.nii.gz')}: in imagesTr but not listed",
         "numTraining is 9 but 4 labelled case(s) were found",
@@ -181,8 +205,12 @@ def test_multichannel_cases_for_a_one_channel_network(tmp_path):
     generate_msd(str(root), num_cases=3, shape=SHAPE, seed=2, nnunet=True)
     extra = root / "imagesTr" / "case_002_0001.nii.gz"
     shutil.copy(root / "imagesTr" / "case_002_0000.nii.gz", extra)
-    _fails(root, tmp_path, f"{root / 'imagesTr' / 'case_002'}_*: 2 channel files (case_002_0000.nii.gz, case_002_0001.nii.gz)",
-           "the network takes 1 channel(s)")
+    _fails(
+        root,
+        tmp_path,
+        f"{root / 'imagesTr' / 'case_002'}_*: 2 channel files (case_002_0000.nii.gz, case_002_0001.nii.gz)",
+        "the network takes 1 channel(s)",
+    )
     spec = _spec(root)
     spec["channel_names"] = {"0": "CT", "1": "PET"}
     _write_spec(root, spec)

@@ -7,7 +7,6 @@ inference config loads one member per file of ``ckpt_files``, refusing bad files
 from __future__ import annotations
 
 import os
-import re
 
 import nibabel as nib
 import numpy as np
@@ -19,11 +18,15 @@ from monai.bundle import ConfigParser
 from monai.data import list_data_collate
 from monai.inferers import sliding_window_inference
 
-from scripts.engine.checkpoint import CheckpointError, CheckpointLoader
-from scripts.engine.ensemble import EnsembleCheckpointLoader, SoftmaxEnsemble, check_ensemble_checkpoints, ensemble_network
-from scripts.engine.streaming import StreamingSegmentationInferer
 from scripts.data.synthetic import make_phantom, phantom_to_nifti
-
+from scripts.engine.checkpoint import CheckpointError, CheckpointLoader
+from scripts.engine.ensemble import (
+    EnsembleCheckpointLoader,
+    SoftmaxEnsemble,
+    check_ensemble_checkpoints,
+    ensemble_network,
+)
+from scripts.engine.streaming import StreamingSegmentationInferer
 from tests.conftest import BUNDLE_ROOT
 from tests.reliability.conftest import config_paths, root_cause, run_bundle, workflow
 
@@ -207,8 +210,12 @@ def test_the_config_builds_and_checks_an_ensemble(tmp_path, demo_checkpoints):
 
     missing = str(tmp_path / "fold2" / "model.pt")
     flow = workflow(
-        ["inference.json", "demo.json"], "infer", ckpt_files=[*demo_checkpoints, missing],
-        ckpt_path=str(tmp_path / "none.pt"), dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
+        ["inference.json", "demo.json"],
+        "infer",
+        ckpt_files=[*demo_checkpoints, missing],
+        ckpt_path=str(tmp_path / "none.pt"),
+        dataset_dir=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
         device="$torch.device('cpu')",
     )
     with pytest.raises(Exception) as error:
@@ -216,7 +223,8 @@ def test_the_config_builds_and_checks_an_ensemble(tmp_path, demo_checkpoints):
     cause = root_cause(error.value)
     assert isinstance(cause, CheckpointError)  # only the members are named: ckpt_path is not read
     assert str(cause).splitlines() == [
-        "1 of the 3 ensemble checkpoints (config id 'ckpt_files') cannot be used:", f"  checkpoint {missing} not found"
+        "1 of the 3 ensemble checkpoints (config id 'ckpt_files') cannot be used:",
+        f"  checkpoint {missing} not found",
     ]
     assert not (tmp_path / "out").exists()
 
@@ -230,10 +238,26 @@ def test_cli_ensemble_of_two_checkpoints_with_an_organ_subset(tmp_path, demo_che
     nib.save(phantom_to_nifti(image, label, (3.0, 3.0, 6.0), axcodes="LPS")[0], source)
     output = tmp_path / "out"
     result = run_bundle(
-        "run", "inference", "--config_file", str(config_paths("inference.json", "demo.json")),
-        "--dataset_dir", str(source.parent), "--output_dir", str(output), "--ckpt_path", str(tmp_path / "none.pt"),
-        "--ckpt_files", str(demo_checkpoints), "--organs", "['liver','spleen']", "--save_measurements", "True",
-        "--save_overlays", "True", "--sw_progress", "False",
+        "run",
+        "inference",
+        "--config_file",
+        str(config_paths("inference.json", "demo.json")),
+        "--dataset_dir",
+        str(source.parent),
+        "--output_dir",
+        str(output),
+        "--ckpt_path",
+        str(tmp_path / "none.pt"),
+        "--ckpt_files",
+        str(demo_checkpoints),
+        "--organs",
+        "['liver','spleen']",
+        "--save_measurements",
+        "True",
+        "--save_overlays",
+        "True",
+        "--sw_progress",
+        "False",
     )
     assert result.returncode == 0, result.stderr[-6000:]
     for path in demo_checkpoints:
@@ -264,8 +288,10 @@ def test_cli_ensemble_of_two_checkpoints_with_an_organ_subset(tmp_path, demo_che
     assert (output / "case.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("value, valid", [(None, True), (["a.pt"], True), (("a.pt", "b.pt"), True), ([], False),
-                                          ("a.pt", False), (["a.pt", ""], False)])
+@pytest.mark.parametrize(
+    "value, valid",
+    [(None, True), (["a.pt"], True), (("a.pt", "b.pt"), True), ([], False), ("a.pt", False), (["a.pt", ""], False)],
+)
 def test_config_check_of_ckpt_files(value, valid):
     from scripts.engine.config_check import ConfigValueError, check_config
 

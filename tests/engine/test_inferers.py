@@ -94,4 +94,3 @@ def test_precision_is_checked_and_the_default_fits_the_machine(monkeypatch):
     assert inferers.default_precision() == ("float32" if torch.cuda.is_available() else "bfloat16")
     monkeypatch.setattr(inferers, "native_bfloat16_cpu", lambda: False)
     assert inferers.default_precision() == "float32"
-

@@ -59,8 +59,15 @@ CASE = {
     "voxel in a box": (_voxel(3, 14, 4), _box(slice(2, 5), slice(13, 17), slice(3, 6))),
     "at the edges": (_box(slice(0, 3), slice(15, 18), slice(7, 10)), _box(slice(0, 2), slice(14, 18), slice(8, 10))),
 }
-STATUS = {"detected": DETECTED, "missed": MISSED, "false positive": FALSE_POSITIVE, "absent": ABSENT,
-          "one voxel": DETECTED, "voxel in a box": DETECTED, "at the edges": DETECTED}
+STATUS = {
+    "detected": DETECTED,
+    "missed": MISSED,
+    "false positive": FALSE_POSITIVE,
+    "absent": ABSENT,
+    "one voxel": DETECTED,
+    "voxel in a box": DETECTED,
+    "at the edges": DETECTED,
+}
 
 
 def _onehot(masks: list[np.ndarray], affine: np.ndarray = AFFINE) -> MetaTensor:

@@ -75,8 +75,12 @@ def test_inference_refuses_unknown_organs_before_the_network_runs(tmp_path):
 
     write_nifti(tmp_path / "in" / "a.nii.gz", ct_image())
     flow = workflow(
-        ["inference.json", "demo.json"], "infer", organs=["liver", "livr"], dataset_dir=str(tmp_path / "in"),
-        output_dir=str(tmp_path / "out"), ckpt_path=str(tmp_path / "missing.pt"),
+        ["inference.json", "demo.json"],
+        "infer",
+        organs=["liver", "livr"],
+        dataset_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "out"),
+        ckpt_path=str(tmp_path / "missing.pt"),
     )
     with pytest.raises(Exception) as error:
         flow.initialize()  # refused before the checkpoint (missing here) is even looked at
@@ -86,8 +90,19 @@ def test_inference_refuses_unknown_organs_before_the_network_runs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("organs, valid", [(None, True), ([], True), (["liver"], True), ("liver, spleen", True),
-                                           ("liver", True), (5, False), ([""], False), (["liver", 6], False)])
+@pytest.mark.parametrize(
+    "organs, valid",
+    [
+        (None, True),
+        ([], True),
+        (["liver"], True),
+        ("liver, spleen", True),
+        ("liver", True),
+        (5, False),
+        ([""], False),
+        (["liver", 6], False),
+    ],
+)
 def test_config_check_of_organs(organs, valid):
     from scripts.engine.config_check import ConfigValueError, check_config
 

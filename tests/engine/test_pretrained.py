@@ -16,7 +16,6 @@ from monai.bundle import ConfigParser
 
 from scripts.engine.checkpoint import CheckpointError, load_matching_weights
 from scripts.networks import CoTr
-
 from tests.conftest import BUNDLE_ROOT
 
 SMALL = dict(blocks=(1, 1, 1), channels=(8, 16, 48, 48), d_model=48, num_heads=4, num_layers=1, mlp_dim=64)
@@ -56,18 +55,50 @@ def test_three_class_training_starts_from_a_fourteen_class_checkpoint(synthetic_
     for item in datalist["training"] + datalist["validation"]:  # keep liver (1) and spleen (2) only
         label = nib.load(study / item["label"])
         values = np.asarray(label.dataobj)
-        nib.save(nib.Nifti1Image(((values == 6) * 1 + (values == 1) * 2).astype(np.uint8), label.affine), study / item["label"])
+        nib.save(
+            nib.Nifti1Image(((values == 6) * 1 + (values == 1) * 2).astype(np.uint8), label.affine),
+            study / item["label"],
+        )
     parser = ConfigParser()
     parser.read_config([os.path.join(BUNDLE_ROOT, "configs", f) for f in ("train.json", "demo.json")])
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "btcv.pt")
     configs = str([os.path.join(BUNDLE_ROOT, "configs", f) for f in ("train.json", "demo.json")])
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs,
-         "--dataset_dir", str(study), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-         "--num_classes", "3", "--label_names", str({"0": "background", "1": "liver", "2": "spleen"}), "--pretrained", str(tmp_path / "btcv.pt"),
-         "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", "--num_workers", "0",
-         "--logging_file", os.path.join(BUNDLE_ROOT, "configs", "logging.conf")],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            configs,
+            "--dataset_dir",
+            str(study),
+            "--ckpt_dir",
+            str(tmp_path / "models"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--num_classes",
+            "3",
+            "--label_names",
+            str({"0": "background", "1": "liver", "2": "spleen"}),
+            "--pretrained",
+            str(tmp_path / "btcv.pt"),
+            "--max_epochs",
+            "1",
+            "--epoch_length",
+            "2",
+            "--val_interval",
+            "1",
+            "--num_workers",
+            "0",
+            "--logging_file",
+            os.path.join(BUNDLE_ROOT, "configs", "logging.conf"),
+        ],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-6000:]
     log = result.stdout + result.stderr

@@ -19,10 +19,9 @@ from monai.engines import SupervisedEvaluator
 from monai.inferers import sliding_window_inference
 from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, SaveImaged
 
+from scripts.data.synthetic import make_phantom, phantom_to_nifti
 from scripts.engine.inferers import FlipTTA
 from scripts.engine.streaming import StreamingSegmentationInferer, _plan_chunks, scan_interval
-from scripts.data.synthetic import make_phantom, phantom_to_nifti
-
 from tests.conftest import BUNDLE_ROOT
 
 ROI = (16, 16, 12)
@@ -73,7 +72,9 @@ def files(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
-def whole_volume_labels(config: ConfigParser, path: str, network: nn.Module, pad_value: float, sw_batch_size: int) -> np.ndarray:
+def whole_volume_labels(
+    config: ConfigParser, path: str, network: nn.Module, pad_value: float, sw_batch_size: int
+) -> np.ndarray:
     """Sliding window (``cval=pad_value``), softmax, ``Invertd`` of the config's preprocessing, argmax."""
     preprocessing = config.get_parsed_content("preprocessing")
     postprocessing = [  # configs/inference.json's postprocessing before the streaming inferer replaced it
@@ -112,7 +113,9 @@ def test_labels_equal_the_whole_volume_pipeline(config, files, network, pad_valu
 
 @pytest.mark.parametrize("sw_batch_size, tta_axes", [(1, ()), (5, ()), (2, (0, 2))])
 @pytest.mark.parametrize("name", ["shorter than the window along Z", "long, 27 window rows along Z"])
-def test_blended_logits_equal_sliding_window_inference(config, files, network, pad_value, name, sw_batch_size, tta_axes):
+def test_blended_logits_equal_sliding_window_inference(
+    config, files, network, pad_value, name, sw_batch_size, tta_axes
+):
     image = config.get_parsed_content("preprocessing")({"image": files[name]})["image"][None]
     inferer = streaming_inferer(pad_value, sw_batch_size, tta_axes=tta_axes)
     with torch.no_grad():
@@ -137,11 +140,19 @@ def test_batch_of_two_through_the_evaluator_and_saveimaged(config, files, networ
     preprocessing = config.get_parsed_content("preprocessing")
     loader = DataLoader(Dataset([{"image": files[n]} for n in names], preprocessing), batch_size=2)
     save = SaveImaged(
-        "pred", output_dir=str(tmp_path), output_postfix="seg", output_dtype=np.uint8, resample=False,
-        separate_folder=False, squeeze_end_dims=True,
+        "pred",
+        output_dir=str(tmp_path),
+        output_postfix="seg",
+        output_dtype=np.uint8,
+        resample=False,
+        separate_folder=False,
+        squeeze_end_dims=True,
     )
     evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=loader, network=network, inferer=streaming_inferer(pad_value),
+        device=torch.device("cpu"),
+        val_data_loader=loader,
+        network=network,
+        inferer=streaming_inferer(pad_value),
         postprocessing=save,
     )
     evaluator.run()
@@ -155,7 +166,9 @@ def test_batch_of_two_through_the_evaluator_and_saveimaged(config, files, networ
 
 
 def test_output_decollates_to_the_original_geometry(config, files, network, pad_value):
-    batch = list_data_collate([config.get_parsed_content("preprocessing")({"image": files["PLS, in-plane axes swapped"]})])
+    batch = list_data_collate(
+        [config.get_parsed_content("preprocessing")({"image": files["PLS, in-plane axes swapped"]})]
+    )
     with torch.no_grad():
         (item,) = decollate_batch(streaming_inferer(pad_value)(batch["image"], network))
     assert item.applied_operations == [] and not item.is_batch

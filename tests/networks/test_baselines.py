@@ -16,8 +16,8 @@ from monai.networks.nets import DynUNet
 
 from scripts.benchmarks import compare_networks, equal_time_training
 from scripts.benchmarks.common import markdown_table, num_windows
-from scripts.networks.baselines import DeepSupervisionDynUNet
 from scripts.engine.streaming import StreamingSegmentationInferer
+from scripts.networks.baselines import DeepSupervisionDynUNet
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 BASELINES = ["swinunetr", "unetr", "segresnet", "dynunet"]
@@ -109,8 +109,15 @@ def test_overlay_works_with_evaluate_and_inference_configs(name, synthetic_study
 
 def test_deep_supervision_dynunet_returns_heads_at_their_resolution():
     kwargs = dict(
-        spatial_dims=3, in_channels=1, out_channels=3, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2],
-        upsample_kernel_size=[2, 2, 2], filters=[4, 8, 8, 8], deep_supervision=True, deep_supr_num=2,
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=3,
+        kernel_size=[3, 3, 3, 3],
+        strides=[1, 2, 2, 2],
+        upsample_kernel_size=[2, 2, 2],
+        filters=[4, 8, 8, 8],
+        deep_supervision=True,
+        deep_supr_num=2,
     )
     net = DeepSupervisionDynUNet(**kwargs)
     x = torch.randn(2, 1, 32, 32, 16)
@@ -147,8 +154,12 @@ def test_markdown_table_lines():
 
 def _check_harness(tmp_path, parts: tuple[str, ...], **switches) -> None:
     results = compare_networks.run_benchmark(
-        networks=["segresnet"], patch_size=HARNESS_PATCH, volume_size=HARNESS_PATCH,
-        forward_repeats=1, train_repeats=1, **switches
+        networks=["segresnet"],
+        patch_size=HARNESS_PATCH,
+        volume_size=HARNESS_PATCH,
+        forward_repeats=1,
+        train_repeats=1,
+        **switches,
     )
     assert list(results) == ["cotr", "segresnet"]  # CoTr, the reference, is always measured, first
     for result in results.values():
@@ -160,8 +171,13 @@ def _check_harness(tmp_path, parts: tuple[str, ...], **switches) -> None:
     assert all(cotr[k] == 1.0 for k in ("params", *(f"{p}_s" for p in parts)))
     assert all(math.isfinite(v) for k, v in segresnet.items() if not k.endswith("_mem") or results["cotr"][k] > 0)
     info = {"cpu": "test CPU", "cores": "2", "threads": "2", "torch": "x", "python": "y", "gpu": "none", "load": "0"}
-    settings = {"patch_size": HARNESS_PATCH, "volume_size": tuple(HARNESS_PATCH), "volume_spacing": (0.76, 0.76, 3.0),
-                "precision": "float32", "repeats": {"forward": 1, "sw": 1, "tta": 1, "train": 1}}
+    settings = {
+        "patch_size": HARNESS_PATCH,
+        "volume_size": tuple(HARNESS_PATCH),
+        "volume_spacing": (0.76, 0.76, 3.0),
+        "precision": "float32",
+        "repeats": {"forward": 1, "sw": 1, "tta": 1, "train": 1},
+    }
     text = compare_networks.report(results, info, settings)
     assert "| CoTr | 1.00x | 1.00x |" in text and "| SegResNet |" in text
     assert "reduced sizes" in text and "test CPU" in text

@@ -20,8 +20,17 @@ from tests.conftest import BUNDLE_ROOT
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 #: the tiny network of ``tiny_cotr_state_dict.pt``
 TINY = dict(
-    in_channels=1, out_channels=3, blocks=[1, 1, 1], channels=[2, 4, 6, 6], d_model=6, num_heads=2, num_points=2,
-    num_layers=1, mlp_dim=8, dropout_rate=0.0, deep_supervision=False,
+    in_channels=1,
+    out_channels=3,
+    blocks=[1, 1, 1],
+    channels=[2, 4, 6, 6],
+    d_model=6,
+    num_heads=2,
+    num_points=2,
+    num_layers=1,
+    mlp_dim=8,
+    dropout_rate=0.0,
+    deep_supervision=False,
 )
 
 

@@ -65,9 +65,7 @@ def test_parameter_count_variants(kwargs, count):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "shape", [(2, 1, 32, 48, 16), (1, 1, 32, 16, 8), (3, 1, 48, 32, 24), (1, 2, 16, 32, 16)]
-)
+@pytest.mark.parametrize("shape", [(2, 1, 32, 48, 16), (1, 1, 32, 16, 8), (3, 1, 48, 32, 24), (1, 2, 16, 32, 16)])
 def test_train_and_eval_outputs(shape):
     torch.manual_seed(1)
     model = CoTr(in_channels=shape[1], out_channels=3, **SMALL)

@@ -96,7 +96,9 @@ def test_res_block_identity_path():
 def test_state_dict_independent_of_deep_supervision():
     dec = CoTrDecoder(CHANNELS, DEFAULT_STRIDES, 4, NORM, ACT)
     keys = set(dec.state_dict())
-    assert {k for k in keys if k.startswith("heads.")} == {f"heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
+    assert {k for k in keys if k.startswith("heads.")} == {
+        f"heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")
+    }
 
 
 def test_mismatched_lengths():

@@ -66,7 +66,10 @@ def test_torchscript_script_matches_eager(num_levels):
 
 
 def test_torchscript_script_trains_without_checkpointing():
-    """A scripted network in training mode gives the deep-supervision list and gradients (no activation checkpointing)."""
+    """
+    A scripted network in training mode gives the deep-supervision list and gradients (no activation
+    checkpointing).
+    """
     torch.manual_seed(2)
     model = CoTr(in_channels=1, out_channels=3, dropout_rate=0.0, use_checkpoint=True, **SMALL).train()
     scripted = torch.jit.script(copy.deepcopy(model))  # a script module shares its parameters with the original

@@ -27,6 +27,7 @@ def sample_fn(value, shapes, locations, weights, kernel: str = "auto") -> torch.
         return ms_deform_attn_3d(value, shapes, locations, weights)
     return ms_deform_attn_3d(value, shapes, locations, weights, implementation=kernel)
 
+
 # ---------------------------------------------------------------------------------------------------------------
 # independent reference implementation (numpy, float64, explicit loops; no grid_sample)
 # ---------------------------------------------------------------------------------------------------------------

@@ -134,8 +134,13 @@ def test_training_refuses_bad_data_naming_the_file(tmp_path, case, expected):
 def test_training_checks_labels_against_the_configured_classes(tmp_path):
     root = str(tmp_path / "study")
     datalist = write_small_study(root)  # the labels hold the value 6
-    flow = workflow(TRAIN, dataset_dir=root, ckpt_dir=str(tmp_path / "models"), num_classes=5,
-                    label_names={str(i): f"class_{i}" for i in range(5)})
+    flow = workflow(
+        TRAIN,
+        dataset_dir=root,
+        ckpt_dir=str(tmp_path / "models"),
+        num_classes=5,
+        label_names={str(i): f"class_{i}" for i in range(5)},
+    )
     with pytest.raises(Exception) as raised:
         flow.initialize()
     error = root_cause(raised.value)
@@ -212,7 +217,9 @@ def test_image_smaller_than_the_patch_is_padded(tmp_path, demo_network):
     samples = train.get_parsed_content("train#preprocessing")({"image": image, "label": label})
     assert tuple(samples[0]["image"].shape) == (1, *patch) and tuple(samples[0]["label"].shape) == (1, *patch)
     air = train.get_parsed_content("background_value")  # the normalised value of hu_min: what air becomes
-    cached = Compose(train.get_parsed_content("train#deterministic_transforms") + train.get_parsed_content("train#cached_transforms"))
+    cached = Compose(
+        train.get_parsed_content("train#deterministic_transforms") + train.get_parsed_content("train#cached_transforms")
+    )
     padded = cached({"image": image, "label": label})["image"]  # before the random crop and intensity augmentation
     assert all(s >= p for s, p in zip(padded.shape[1:], patch))
     assert float(padded[0, :, :, 0].max()) == pytest.approx(air)  # a padded slice is air, not 0 (~83 HU of soft tissue)
@@ -277,7 +284,9 @@ WRONG_TYPES = [
 ]
 
 
-@pytest.mark.parametrize("key, value, expected", WRONG_TYPES, ids=[f"{k}-{type(v).__name__}" for k, v, _ in WRONG_TYPES])
+@pytest.mark.parametrize(
+    "key, value, expected", WRONG_TYPES, ids=[f"{k}-{type(v).__name__}" for k, v, _ in WRONG_TYPES]
+)
 def test_wrong_config_types_are_named(key, value, expected):
     with pytest.raises(ConfigValueError) as raised:
         check_config({key: value})
@@ -289,7 +298,11 @@ def test_every_wrong_value_is_listed_at_once():
         check_config({"max_epochs": 0, "hu_min": 400.0, "hu_max": 300.0, "sw_overlap": 1.0})
     text = str(raised.value)
     assert text.startswith("3 invalid config value(s)")
-    assert "'max_epochs'" in text and "'hu_min' (400.0) must be smaller than 'hu_max' (300.0)" in text and "'sw_overlap'" in text
+    assert (
+        "'max_epochs'" in text
+        and "'hu_min' (400.0) must be smaller than 'hu_max' (300.0)" in text
+        and "'sw_overlap'" in text
+    )
 
 
 def test_label_names_must_name_every_class():
@@ -329,7 +342,9 @@ def test_patch_size_is_checked_against_the_network_stride(patch, fits):
     if fits:
         check_patch_size(patch, network)
     else:
-        with pytest.raises(ConfigValueError, match=r"config id 'patch_size' .* does not fit network_def.*\[16, 16, 8\]"):
+        with pytest.raises(
+            ConfigValueError, match=r"config id 'patch_size' .* does not fit network_def.*\[16, 16, 8\]"
+        ):
             check_patch_size(patch, network)
     check_patch_size(patch, SegResNet(spatial_dims=3, init_filters=8))  # networks without a stride are not checked
 
@@ -339,7 +354,14 @@ def test_unknown_checked_id_is_a_config_mistake():
         check_config({"no_such_id": 1})
 
 
-CONFIG_SETS = [TRAIN, ["train.json"], EVALUATE, ["train.json", "multi_gpu_train.json"], ["inference.json"], ["inference.json", "demo.json"]]
+CONFIG_SETS = [
+    TRAIN,
+    ["train.json"],
+    EVALUATE,
+    ["train.json", "multi_gpu_train.json"],
+    ["inference.json"],
+    ["inference.json", "demo.json"],
+]
 
 
 @pytest.mark.parametrize("files", CONFIG_SETS, ids=["+".join(f) for f in CONFIG_SETS])
@@ -352,7 +374,9 @@ def test_config_defaults_pass_their_checks(files):
     assert set(checked) <= set(RULES) and {"num_classes", "patch_size", "amp"} <= set(checked)
     check_config(checked)
     initialize = parser.get("initialize")
-    assert initialize[0] == "@startup" and any("check_config(@checked_config)" in step for step in parser.get("startup"))
+    assert initialize[0] == "@startup" and any(
+        "check_config(@checked_config)" in step for step in parser.get("startup")
+    )
 
 
 def test_wrong_override_fails_in_initialize(tmp_path):

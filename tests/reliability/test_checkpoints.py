@@ -63,7 +63,9 @@ from scripts.engine.checkpoint import AtomicCheckpointSaver
 
 saver_class = {{"monai": CheckpointSaver, "ours": AtomicCheckpointSaver}}[{which!r}]
 net = torch.nn.Linear(4, 2)
-saver = saver_class({folder!r}, {{"model": net}}, save_key_metric=True, key_metric_name="dice", key_metric_filename="model.pt")
+saver = saver_class(
+    {folder!r}, {{"model": net}}, save_key_metric=True, key_metric_name="dice", key_metric_filename="model.pt"
+)
 engine = Engine(lambda e, b: None)
 engine.state.metrics = {{"dice": 0.5}}
 saver.metrics_completed(engine)  # first best model: model.pt written completely
@@ -137,7 +139,10 @@ def test_configs_use_the_atomic_writers():
     saver = parser.get_parsed_content("validate#best_model_saver")
     assert isinstance(saver, AtomicCheckpointSaver)
     assert type(saver._key_metric_checkpoint.save_handler).__name__ == "_AtomicDiskSaver"
-    for files, key in ((["inference.json"], "postprocessing"), (["train.json", "evaluate.json"], "validate#postprocessing")):
+    for files, key in (
+        (["inference.json"], "postprocessing"),
+        (["train.json", "evaluate.json"], "validate#postprocessing"),
+    ):
         parser = ConfigParser()
         parser.read_config(config_paths(*files))
         writers = [t["writer"] for t in parser[key]["transforms"] if t["_target_"] == "SaveImaged"]
@@ -166,7 +171,11 @@ def test_handler_indices_the_configs_rely_on():
     ]
     # one SummaryWriter by id, so that a handler MONAI Label inserts into the list cannot shift what is flushed
     assert handlers[-1]["writers"] == ["@tensorboard_writer"]
-    tensorboard = [h for h in handlers + parser["validate"]["handlers"] if isinstance(h, dict) and h["_target_"] == "TensorBoardStatsHandler"]
+    tensorboard = [
+        h
+        for h in handlers + parser["validate"]["handlers"]
+        if isinstance(h, dict) and h["_target_"] == "TensorBoardStatsHandler"
+    ]
     assert [h["summary_writer"] for h in tensorboard] == ["@tensorboard_writer"] * 2
     multi = json.load(open(os.path.join(CONFIGS, "multi_gpu_train.json")))
     assert multi["train#trainer#train_handlers"] == (
@@ -245,11 +254,16 @@ def test_every_torch_load_in_scripts_and_configs_is_weights_only():
 def test_configs_load_checkpoints_through_the_safe_loader_with_map_location():
     from monai.bundle import ConfigParser
 
-    for files, key in ((["inference.json"], "checkpointloader"), (["train.json", "evaluate.json"], "validate#handlers#0")):
+    for files, key in (
+        (["inference.json"], "checkpointloader"),
+        (["train.json", "evaluate.json"], "validate#handlers#0"),
+    ):
         parser = ConfigParser()
         parser.read_config(config_paths(*files))
         loader = parser[key]
-        assert loader["_target_"] == "scripts.engine.checkpoint.CheckpointLoader" and loader["map_location"] == "@device", files
+        assert (
+            loader["_target_"] == "scripts.engine.checkpoint.CheckpointLoader" and loader["map_location"] == "@device"
+        ), files
     parser = ConfigParser()
     parser.read_config(config_paths("train.json"))
     assert parser["train"]["handlers"][0]["map_location"] == "@device"
@@ -292,7 +306,10 @@ def test_checkpoint_with_another_number_of_classes(tmp_path):
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"network_def#blocks": [2, 2, 2]}, "another network variant: 9 parameter(s) the network lacks (encoder.stages.0.1."),
+        (
+            {"network_def#blocks": [2, 2, 2]},
+            "another network variant: 9 parameter(s) the network lacks (encoder.stages.0.1.",
+        ),
         ({"network_def#num_levels": 0}, "another network variant: "),
         ({"network_def#d_model": 24, "network_def#channels": [16, 32, 24, 24]}, "have other shapes"),
     ],
@@ -460,15 +477,25 @@ def test_resume_refuses_a_weights_only_file(tmp_path):
 
 
 def test_best_model_tracking_is_plain_data(tmp_path):
-    saver = AtomicCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(2, 2)}, save_key_metric=True,
-                                  key_metric_name="dice", key_metric_filename="model.pt")
+    saver = AtomicCheckpointSaver(
+        str(tmp_path),
+        {"model": torch.nn.Linear(2, 2)},
+        save_key_metric=True,
+        key_metric_name="dice",
+        key_metric_filename="model.pt",
+    )
     engine = _engine()
     engine.state.metrics = {"dice": 0.25}
     saver.metrics_completed(engine)
     save_atomic({"best": saver.state_dict()}, tmp_path / "state.pt")
     state = load_checkpoint(tmp_path / "state.pt")["best"]  # weights_only=True accepts it
-    other = AtomicCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(2, 2)}, save_key_metric=True,
-                                  key_metric_name="dice", key_metric_filename="model.pt")
+    other = AtomicCheckpointSaver(
+        str(tmp_path),
+        {"model": torch.nn.Linear(2, 2)},
+        save_key_metric=True,
+        key_metric_name="dice",
+        key_metric_filename="model.pt",
+    )
     other.load_state_dict(state)
     engine.state.metrics = {"dice": 0.2}  # worse than the restored best: model.pt is kept
     before = os.stat(tmp_path / "model.pt").st_mtime_ns
@@ -501,7 +528,8 @@ def test_resumable_checkpoint_every_interval_and_at_the_end(tmp_path):
     path = tmp_path / "checkpoint_latest.pt"
     seen = []
     trainer.add_event_handler(
-        Events.EPOCH_COMPLETED, lambda e: seen.append(load_checkpoint(path)["trainer"]["iteration"] if path.exists() else None)
+        Events.EPOCH_COMPLETED,
+        lambda e: seen.append(load_checkpoint(path)["trainer"]["iteration"] if path.exists() else None),
     )
     data = [torch.randn(4, 3) for _ in range(3)]
     trainer.run(data, max_epochs=5)
@@ -512,8 +540,12 @@ def test_resumable_checkpoint_every_interval_and_at_the_end(tmp_path):
     resumed, fresh = _tiny_training(seed=1)
     ResumeTraining(True, str(path), fresh, map_location="cpu").attach(resumed)
     epochs, buffers = [], []
-    resumed.add_event_handler(Events.STARTED, lambda e: buffers.append(
-        [s["momentum_buffer"].clone() for s in fresh["optimizer"].state_dict()["state"].values()]))
+    resumed.add_event_handler(
+        Events.STARTED,
+        lambda e: buffers.append(
+            [s["momentum_buffer"].clone() for s in fresh["optimizer"].state_dict()["state"].values()]
+        ),
+    )
     resumed.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append(e.state.epoch))
     with pytest.warns(UserWarning, match="saved by a training with max_epochs=5, this one runs to 7"):
         resumed.run(data, max_epochs=7)

@@ -30,8 +30,19 @@ TRAIN = ["train.json", "demo.json"]
 
 def _train_args(study: str, work, *extra: str) -> list[str]:
     return [
-        "run", "training", "--config_file", str(config_paths(*TRAIN)), "--dataset_dir", study,
-        "--ckpt_dir", str(work / "models"), "--output_dir", str(work / "eval"), "--num_workers", "0", *extra,
+        "run",
+        "training",
+        "--config_file",
+        str(config_paths(*TRAIN)),
+        "--dataset_dir",
+        study,
+        "--ckpt_dir",
+        str(work / "models"),
+        "--output_dir",
+        str(work / "eval"),
+        "--num_workers",
+        "0",
+        *extra,
     ]
 
 
@@ -49,13 +60,17 @@ def test_training_killed_with_sigkill_resumes_from_its_checkpoint(synthetic_stud
     log = open(tmp_path / "first_run.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "monai.bundle", *_train_args(synthetic_study, tmp_path, *schedule)],
-        cwd=BUNDLE_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        cwd=BUNDLE_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.time() + 300
     while not latest.exists():
         if process.poll() is not None or time.time() > deadline:
             process.kill()
-            pytest.fail("no resumable checkpoint before the run ended:\n" + open(tmp_path / "first_run.log").read()[-4000:])
+            pytest.fail(
+                "no resumable checkpoint before the run ended:\n" + open(tmp_path / "first_run.log").read()[-4000:]
+            )
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
@@ -67,8 +82,16 @@ def test_training_killed_with_sigkill_resumes_from_its_checkpoint(synthetic_stud
     assert 1 <= epoch < 4
 
     flow = workflow(
-        TRAIN, dataset_dir=synthetic_study, ckpt_dir=str(models), output_dir=str(tmp_path / "eval"), num_workers=0,
-        max_epochs=4, epoch_length=2, val_interval=4, checkpoint_interval=1, resume=True,
+        TRAIN,
+        dataset_dir=synthetic_study,
+        ckpt_dir=str(models),
+        output_dir=str(tmp_path / "eval"),
+        num_workers=0,
+        max_epochs=4,
+        epoch_length=2,
+        val_interval=4,
+        checkpoint_interval=1,
+        resume=True,
     )
     flow.initialize()
     trainer = flow.parser.get_parsed_content("train#trainer")
@@ -133,7 +156,9 @@ def test_two_seeded_trainings_are_identical(synthetic_study, tmp_path):
     runs = []
     for name in ("first", "second"):
         work = tmp_path / name
-        result = run_bundle(*_train_args(study, work, "--max_epochs", "1", "--epoch_length", "3", "--val_interval", "1"))
+        result = run_bundle(
+            *_train_args(study, work, "--max_epochs", "1", "--epoch_length", "3", "--val_interval", "1")
+        )
         assert result.returncode == 0, result.stderr[-6000:]
         runs.append((_losses(result.stdout + result.stderr), load_checkpoint(work / "models" / "checkpoint_latest.pt")))
     (losses_a, state_a), (losses_b, state_b) = runs
@@ -167,8 +192,16 @@ def test_inference_skips_unreadable_cases_and_never_overwrites(synthetic_study, 
     torch.save(demo_network.state_dict(), models / "model.pt")
     output = tmp_path / "segmentations"
     args = [
-        "run", "inference", "--config_file", str(config_paths("inference.json", "demo.json")),
-        "--dataset_dir", str(images), "--ckpt_dir", str(models), "--output_dir", str(output),
+        "run",
+        "inference",
+        "--config_file",
+        str(config_paths("inference.json", "demo.json")),
+        "--dataset_dir",
+        str(images),
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(output),
     ]
 
     first = run_bundle(*args)

@@ -18,12 +18,22 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImage, Orientationd, SaveImaged, Spacingd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, MediaStorageDirectoryStorage, SegmentationStorage,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    MediaStorageDirectoryStorage,
+    SegmentationStorage,
     generate_uid,
 )  # fmt: skip
 
 from scripts.data.dicom import (
-    DicomSeriesError, DicomSeriesReader, find_series, is_dicom_file, read_series, read_series_reference, resolve_series,
+    DicomSeriesError,
+    DicomSeriesReader,
+    find_series,
+    is_dicom_file,
+    read_series,
+    read_series_reference,
+    resolve_series,
 )  # fmt: skip
 
 from .conftest import AFFINE, ct_image, root_cause, write_nifti
@@ -270,7 +280,9 @@ def test_unused_files_are_reported_with_the_reason(tmp_path):
     dicomdir = Dataset()
     dicomdir.file_meta = FileMetaDataset()
     dicomdir.file_meta.MediaStorageSOPClassUID, dicomdir.file_meta.MediaStorageSOPInstanceUID = (
-        MediaStorageDirectoryStorage, generate_uid())
+        MediaStorageDirectoryStorage,
+        generate_uid(),
+    )
     dicomdir.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dicomdir.FileSetID, dicomdir.DirectoryRecordSequence = "SYNTHETIC", []
     dicomdir.save_as(os.path.join(folder, "DICOMDIR"), enforce_file_format=True)

@@ -1,6 +1,7 @@
 """
 Refusals read as ``error: <message>`` with exit status 2, bugs keep their traceback: the excepthook of
-:mod:`scripts.engine.errors` on exception chains built by MONAI's config evaluation and ignite, and through the real CLI.
+:mod:`scripts.engine.errors` on exception chains built by MONAI's config evaluation and ignite, and through the real
+CLI.
 """
 
 from __future__ import annotations
@@ -117,8 +118,12 @@ def test_a_component_refusing_its_arguments(capsys):
     """MONAI's "Failed to instantiate" wrapper."""
     parser = ConfigParser(
         {
-            "saver": {"_target_": "scripts.engine.checkpoint.ResumableCheckpointSaver", "save_dir": ".", "save_dict": {},
-                      "interval": -1},
+            "saver": {
+                "_target_": "scripts.engine.checkpoint.ResumableCheckpointSaver",
+                "save_dir": ".",
+                "save_dict": {},
+                "interval": -1,
+            },
             "initialize": ["$@saver.attach"],
         }
     )
@@ -254,8 +259,15 @@ def _errors_overlay(tmp_path) -> str:
 def _infer(tmp_path, *overrides: str):
     files = config_paths("inference.json", "demo.json") + [_errors_overlay(tmp_path)]
     return run_bundle(
-        "run", "inference", "--config_file", str(files), "--meta_file", os.path.join(CONFIGS, "metadata.json"),
-        "--output_dir", str(tmp_path / "out"), *overrides,
+        "run",
+        "inference",
+        "--config_file",
+        str(files),
+        "--meta_file",
+        os.path.join(CONFIGS, "metadata.json"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        *overrides,
     )
 
 

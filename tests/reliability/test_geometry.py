@@ -138,7 +138,12 @@ BAD_VOXEL_SIZES = [
     ("negative", -4.5, "pixdim[3] (voxel size along axis 2) is -4.5; voxel sizes must be finite and positive"),
     ("nan", np.nan, "pixdim[3] (voxel size along axis 2) is nan"),
     ("inf", np.inf, "pixdim[3] (voxel size along axis 2) is inf"),
-    ("huge", 120.0, f"pixdim[3] (voxel size along axis 2) is 120 mm, outside the accepted {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"),
+    (
+        "huge",
+        120.0,
+        f"pixdim[3] (voxel size along axis 2) is 120 mm, outside the accepted "
+        f"{MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm",
+    ),
     ("tiny", 0.001, "pixdim[3] (voxel size along axis 2) is 0.001 mm, outside the accepted 0.01..50 mm"),
 ]
 
@@ -219,7 +224,10 @@ def test_qform_and_sform_that_disagree_are_refused(tmp_path, qform, expected):
     path = str(tmp_path / "img.nii.gz")
     nib.save(img, path)
     _only(
-        _problems(path), path, "qform and sform (qform_code 1, sform_code 1) disagree", expected,
+        _problems(path),
+        path,
+        "qform and sform (qform_code 1, sform_code 1) disagree",
+        expected,
         "nibabel and MONAI use the sform",
     )
 
@@ -355,7 +363,9 @@ def test_validate_datalist_refuses_a_training_item_without_label(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("value", [{"image": "img0.nii.gz", "label": "label0.nii.gz"}, "img0.nii.gz"], ids=["dict", "str"])
+@pytest.mark.parametrize(
+    "value", [{"image": "img0.nii.gz", "label": "label0.nii.gz"}, "img0.nii.gz"], ids=["dict", "str"]
+)
 def test_validate_datalist_refuses_a_training_value_that_is_not_a_list(tmp_path, value):
     root = str(tmp_path)
     datalist = _datalist_study(root)
@@ -363,7 +373,8 @@ def test_validate_datalist_refuses_a_training_value_that_is_not_a_list(tmp_path,
     with pytest.raises(DataValidationError) as raised:
         validate_datalist(datalist, root)
     assert raised.value.problems == [
-        f"{root}: datalist['training'] must be a list of {{'image': ..., 'label': ...}} items, got a {type(value).__name__}"
+        f"{root}: datalist['training'] must be a list of {{'image': ..., 'label': ...}} items, "
+        f"got a {type(value).__name__}"
     ]
 
 
@@ -374,9 +385,18 @@ def test_prepare_dataset_cli_refuses_a_header_without_geometry(tmp_path):
     bad = _patch_header(str(tmp_path / "ct" / "1_img.nii.gz"), qform_code=0, sform_code=0, pixdim3=0.0)
     output = tmp_path / "datalist.json"
     command = [
-        sys.executable, "-m", "scripts.data.prepare_dataset", "folder", "--images", str(tmp_path / "ct" / "*_img.nii.gz"),
-        "--labels", str(tmp_path / "seg" / "*_mask.nii.gz"), "--label_names", "['background','liver']",
-        "--output", str(output),
+        sys.executable,
+        "-m",
+        "scripts.data.prepare_dataset",
+        "folder",
+        "--images",
+        str(tmp_path / "ct" / "*_img.nii.gz"),
+        "--labels",
+        str(tmp_path / "seg" / "*_mask.nii.gz"),
+        "--label_names",
+        "['background','liver']",
+        "--output",
+        str(output),
     ]
     result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

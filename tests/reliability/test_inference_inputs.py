@@ -49,7 +49,11 @@ def test_unreadable_cases_are_set_aside_and_reported(tmp_path, capsys):
     assert exited.value.code == 1
     summary = capsys.readouterr().err
     assert summary.startswith(f"inference: wrote 2 of 6 segmentation(s) to {output}")
-    assert "skipped 4 input(s)" in summary and f"  {broken}: unreadable" in summary and f"  {missing}: file not found" in summary
+    assert (
+        "skipped 4 input(s)" in summary
+        and f"  {broken}: unreadable" in summary
+        and f"  {missing}: file not found" in summary
+    )
 
 
 def test_clean_run_finishes_with_status_zero(tmp_path, capsys):
@@ -81,7 +85,9 @@ def test_nothing_readable_is_an_error(tmp_path):
 def test_empty_or_missing_input_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match=f"no usable input image in {empty} matching '\\*.nii.gz' \\(the folder is empty"):
+    with pytest.raises(
+        InputError, match=f"no usable input image in {empty} matching '\\*.nii.gz' \\(the folder is empty"
+    ):
         InferenceInputs(None, str(tmp_path / "out"), str(empty), "*.nii.gz").check()
     with pytest.raises(InputError, match=f"input folder {tmp_path / 'nope'} not found"):
         InferenceInputs(None, str(tmp_path / "out"), str(tmp_path / "nope")).check()
@@ -136,7 +142,9 @@ def test_unreadable_dicom_folder_is_set_aside(tmp_path):
     (series / "slice000.dcm").write_bytes(b"not dicom")
     good = write_nifti(tmp_path / "in" / "good.nii.gz", ct_image())
     inputs = InferenceInputs(None, str(tmp_path / "out"), str(tmp_path / "in")).check()
-    assert inputs.images == [good] and inputs.skipped == [(str(series), "folder without a DICOM image series (its files are listed as ignored)")]
+    assert inputs.images == [good] and inputs.skipped == [
+        (str(series), "folder without a DICOM image series (its files are listed as ignored)")
+    ]
     assert [path for path, _ in inputs.ignored] == [str(series / "slice000.dcm")]
 
 
@@ -262,7 +270,9 @@ def test_an_output_path_taken_by_a_folder_sets_the_case_aside(tmp_path):
     (tmp_path / "out" / "a_seg.nii.gz").mkdir(parents=True)
     inputs = InferenceInputs(None, str(tmp_path / "out"), folder).check()
     assert [c.name for c in inputs.cases] == ["b"]
-    assert inputs.skipped == [(os.path.join(folder, "a.nii.gz"), f"the output path {tmp_path / 'out' / 'a_seg.nii.gz'} is a folder")]
+    assert inputs.skipped == [
+        (os.path.join(folder, "a.nii.gz"), f"the output path {tmp_path / 'out' / 'a_seg.nii.gz'} is a folder")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,14 +283,18 @@ def test_an_output_path_taken_by_a_folder_sets_the_case_aside(tmp_path):
 def test_a_scan_thinner_than_the_patch_warns(tmp_path):
     folder = tmp_path / "in"
     thin = write_nifti(folder / "slab.nii.gz", ct_image((24, 24, 7)))  # 7 slices of 4.5 mm (conftest's AFFINE)
-    inputs = InferenceInputs(None, str(tmp_path / "out"), str(folder), patch_size=(12, 12, 48), target_spacing=(2, 2, 3)).check()
+    inputs = InferenceInputs(
+        None, str(tmp_path / "out"), str(folder), patch_size=(12, 12, 48), target_spacing=(2, 2, 3)
+    ).check()
     assert inputs.images == [thin]
     (message,) = inputs.cases[0].warnings
     assert message.startswith(f"{thin}: the scan is smaller than the training patch")
     assert "31.5 mm along S-I (7 voxels of 4.50 mm) against the training patch's 144.0 mm" in message
     assert "padded with air" in message and "R-L" not in message  # 48 mm in-plane cover the 24 mm patch
     assert message in inputs.summary()
-    wide = InferenceInputs(None, str(tmp_path / "out2"), str(folder), patch_size=(12, 12, 8), target_spacing=(2, 2, 3)).check()
+    wide = InferenceInputs(
+        None, str(tmp_path / "out2"), str(folder), patch_size=(12, 12, 8), target_spacing=(2, 2, 3)
+    ).check()
     assert wide.cases[0].warnings == []
 
 
@@ -299,8 +313,14 @@ def test_a_case_that_fails_while_running_is_reported_and_the_others_are_segmente
     torch.save(demo_network.state_dict(), checkpoint)
     output = tmp_path / "out"
     runner = workflow(
-        ["inference.json", "demo.json"], "infer", dataset_dir=folder, output_dir=str(output), ckpt_path=str(checkpoint),
-        num_workers=0, tta_flip_axes=[], sw_progress=False,
+        ["inference.json", "demo.json"],
+        "infer",
+        dataset_dir=folder,
+        output_dir=str(output),
+        ckpt_path=str(checkpoint),
+        num_workers=0,
+        tta_flip_axes=[],
+        sw_progress=False,
     )
     runner.initialize()
     truncated = os.path.join(folder, "b.nii.gz")  # changed on disk after the checks
@@ -337,12 +357,20 @@ def test_dicom_series_are_cases_and_get_measurements_and_overlays(tmp_path, demo
     torch.save(demo_network.state_dict(), checkpoint)
     output = tmp_path / "out"
     runner = workflow(
-        ["inference.json", "demo.json"], "infer", dataset_dir=str(root), output_dir=str(output), ckpt_path=str(checkpoint),
-        num_workers=0, tta_flip_axes=[], sw_progress=False, save_measurements=True, save_overlays=True,
+        ["inference.json", "demo.json"],
+        "infer",
+        dataset_dir=str(root),
+        output_dir=str(output),
+        ckpt_path=str(checkpoint),
+        num_workers=0,
+        tta_flip_axes=[],
+        sw_progress=False,
+        save_measurements=True,
+        save_overlays=True,
     )
     runner.initialize()
     assert [c.name for c in runner.parser.get_parsed_content("inputs").cases] == ["a", "study_series2", "study_series3"]
-    (shown, reason), = runner.parser.get_parsed_content("inputs").skipped
+    ((shown, reason),) = runner.parser.get_parsed_content("inputs").skipped
     assert shown == f"DICOM series {gapped_uid} in {root / 'gapped'}" and reason.startswith("missing slice(s)")
     runner.run()
     with pytest.raises(SystemExit):  # the gapped series was not segmented

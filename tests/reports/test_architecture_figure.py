@@ -9,11 +9,19 @@ import torch
 from matplotlib.colors import to_rgb
 
 import scripts.reports.architecture_figure as architecture_figure
-from scripts.reports.architecture_figure import ARCHITECTURE_DPI, ARCHITECTURE_FIGSIZE, describe, draw_architecture, trace_shapes
 from scripts.networks import CoTr
+from scripts.reports.architecture_figure import (
+    ARCHITECTURE_DPI,
+    ARCHITECTURE_FIGSIZE,
+    describe,
+    draw_architecture,
+    trace_shapes,
+)
 
 FIGURE_SIZE = (round(ARCHITECTURE_FIGSIZE[1] * ARCHITECTURE_DPI), round(ARCHITECTURE_FIGSIZE[0] * ARCHITECTURE_DPI))
-DOCS_FIGURE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs", "architecture.png")
+DOCS_FIGURE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs", "architecture.png"
+)
 TINY = {"channels": (8, 12, 12, 12), "d_model": 12, "num_heads": 2, "mlp_dim": 24, "num_layers": 2, "out_channels": 5}
 
 
@@ -26,9 +34,18 @@ def test_describe_reads_the_default_network():
     net = _meta_cotr(deep_supervision=False).eval()
     content = describe(net, (192, 192, 48))
     assert [b.shape for b in content["encoder"]] == [
-        (1, 192, 192, 48), (64, 96, 96, 48), (192, 48, 48, 24), (384, 24, 24, 12), (384, 12, 12, 6),
+        (1, 192, 192, 48),
+        (64, 96, 96, 48),
+        (192, 48, 48, 24),
+        (384, 24, 24, 12),
+        (384, 12, 12, 6),
     ]
-    assert [b.shape for b in content["decoder"]] == [(384, 24, 24, 12), (192, 48, 48, 24), (64, 96, 96, 48), (14, 192, 192, 48)]
+    assert [b.shape for b in content["decoder"]] == [
+        (384, 24, 24, 12),
+        (192, 48, 48, 24),
+        (64, 96, 96, 48),
+        (14, 192, 192, 48),
+    ]
     assert [b.shape for b in content["heads"]] == [(14, 24, 24, 12), (14, 48, 48, 24), (14, 96, 96, 48)]
     assert "3 × res. block" in content["encoder"][2].text and "2 × res. block" in content["encoder"][4].text
     assert content["detrans"]["shapes"] == [(384, 24, 24, 12), (384, 12, 12, 6)]
@@ -72,6 +89,8 @@ def test_draw_architecture_png(tmp_path):
 
 
 def test_docs_figure_is_committed_and_small():
-    assert os.path.isfile(DOCS_FIGURE), "run: python -m scripts.reports.architecture_figure --output_png docs/architecture.png"
+    assert os.path.isfile(DOCS_FIGURE), (
+        "run: python -m scripts.reports.architecture_figure --output_png docs/architecture.png"
+    )
     assert os.path.getsize(DOCS_FIGURE) < 300_000
     assert mpimg.imread(DOCS_FIGURE).shape[:2] == FIGURE_SIZE

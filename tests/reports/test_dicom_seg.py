@@ -269,8 +269,18 @@ def test_bundle_inference_writes_a_seg_equal_to_the_nifti_output(tmp_path):
     torch.save(parser.get_parsed_content("network_def").state_dict(), models / "model.pt")
     output = tmp_path / "out"
     result = run_bundle(
-        "run", "inference", "--config_file", str(config_paths("inference.json", "demo.json")), "--dataset_dir",
-        str(folder), "--ckpt_dir", str(models), "--output_dir", str(output), "--save_dicom_seg", "True",
+        "run",
+        "inference",
+        "--config_file",
+        str(config_paths("inference.json", "demo.json")),
+        "--dataset_dir",
+        str(folder),
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(output),
+        "--save_dicom_seg",
+        "True",
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert f"{folder / 'scan.nii.gz'}: no DICOM-SEG for a NIfTI input" in result.stdout + result.stderr

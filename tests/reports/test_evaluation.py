@@ -210,7 +210,8 @@ def test_report_restricted_to_organs(evaluation):
     assert float(row["dice_13/mean"]) == pytest.approx(np.mean([dice[2], dice[5]]), abs=1e-4)
     organs = {(r["protocol"], r["organ"]) for r in _rows(written[1])}
     assert organs == {(p, o) for p in ("13 organs", "11 organs") for o in ("all", "liver")} | {
-        ("13 organs", "left kidney"), ("11 organs", "kidneys")
+        ("13 organs", "left kidney"),
+        ("11 organs", "kidneys"),
     }
     with pytest.raises(ValueError, match=r"\['liver_'\].*valid names: spleen"):
         write_evaluation_report(eval_dir, organs=["liver_"])

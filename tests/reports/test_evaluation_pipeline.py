@@ -100,8 +100,11 @@ def _evaluate(study: dict, output_dir: str, **overrides) -> dict:
     engine.run(batches, max_epochs=1)
     assert sorted(metrics) == sorted(parser.get_parsed_content("metric_names"))
     write_evaluation_report(
-        output_dir, parser.get_parsed_content("label_names"), parser.get_parsed_content("merged_label_names"),
-        organs=parser.get_parsed_content("organs"), merged_label_map=parser.get_parsed_content("merged_label_map"),
+        output_dir,
+        parser.get_parsed_content("label_names"),
+        parser.get_parsed_content("merged_label_names"),
+        organs=parser.get_parsed_content("organs"),
+        merged_label_map=parser.get_parsed_content("merged_label_map"),
     )
     return {"metrics": engine.state.metrics}
 
@@ -112,8 +115,15 @@ def _status(p: np.ndarray, t: np.ndarray) -> str:
     )
 
 
-def _check_case(row: dict, prediction: np.ndarray, reference: np.ndarray, spacing: np.ndarray, n: int,
-                organs: dict[int, str], tolerances: dict[int, float]) -> None:
+def _check_case(
+    row: dict,
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    spacing: np.ndarray,
+    n: int,
+    organs: dict[int, str],
+    tolerances: dict[int, float],
+) -> None:
     for label, name in organs.items():
         p, t = prediction == label, reference == label
         column = name.replace("_", " ")
@@ -164,7 +174,10 @@ def test_organ_subset_scores_the_merged_organ_in_full(study, tmp_path):
         rows = {r["case"]: r for r in csv.DictReader(f)}
     header = list(rows["img0001"])
     assert [c for c in header if c.startswith("status_")] == [
-        "status_13/left kidney", "status_13/liver", "status_11/kidneys", "status_11/liver"
+        "status_13/left kidney",
+        "status_13/liver",
+        "status_11/kidneys",
+        "status_11/liver",
     ]
     merge = np.asarray(BTCV_MERGED_LABEL_MAP)
     for case, data in study.items():

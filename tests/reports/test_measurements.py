@@ -35,7 +35,10 @@ def _case(tmp_path):
 
 def test_measurements_match_an_independent_computation(tmp_path):
     hu, labels = _case(tmp_path)
-    rows = {r["name"]: r for r in organ_measurements(str(tmp_path / "img0001.nii.gz"), str(tmp_path / "img0001_seg.nii.gz"), NAMES)}
+    rows = {
+        r["name"]: r
+        for r in organ_measurements(str(tmp_path / "img0001.nii.gz"), str(tmp_path / "img0001_seg.nii.gz"), NAMES)
+    }
     assert set(rows) == {"liver", "spleen", "absent"}
     for value, name in ((1, "liver"), (2, "spleen")):
         inside = hu[labels == value]
@@ -100,8 +103,11 @@ def _flag_case(tmp_path, superior_first: bool):
     labels[4:8, 13:17, 5:9] = 3  # a 4x4x4 part...
     labels[5:7, 2:4, 11:13] = 3  # ...and a 2x2x2 part with one more voxel touching it only at a corner
     labels[7, 4, 13] = 3
-    for box in ((slice(1, 4), slice(14, 17), slice(11, 14)), (slice(1, 4), slice(1, 4), slice(12, 15)),
-                (slice(8, 11), slice(10, 13), slice(11, 14))):
+    for box in (
+        (slice(1, 4), slice(14, 17), slice(11, 14)),
+        (slice(1, 4), slice(1, 4), slice(12, 15)),
+        (slice(8, 11), slice(10, 13), slice(11, 14)),
+    ):
         labels[box] = 4  # three separate 3x3x3 fragments
     labels[6, 9, 13:15] = 5
     hu = np.random.default_rng(1).integers(-100, 200, size=SHAPE).astype(np.int16)

@@ -132,7 +132,9 @@ def test_overlay_png_size_colours_and_content(tmp_path):
         assert count_colour(png, organ_colour(absent)) == 0, BTCV_LABELS[absent]
     assert not [f for f in os.listdir(tmp_path / "out") if f != "case.png"]  # no temporary file left
 
-    inference = save_overlay_png(paths["image"], paths["prediction"], str(tmp_path / "inference.png"), None, BTCV_LABELS)
+    inference = save_overlay_png(
+        paths["image"], paths["prediction"], str(tmp_path / "inference.png"), None, BTCV_LABELS
+    )
     png = mpimg.imread(inference)
     assert png.shape[:2] == OVERLAY_SIZE
     assert count_colour(png, organ_colour(6)) > 20 and count_colour(png, organ_colour(8)) == 0
