@@ -14,6 +14,17 @@ if BUNDLE_ROOT not in sys.path:  # monai.bundle puts the bundle root on sys.path
     sys.path.insert(0, BUNDLE_ROOT)
 
 
+#: a CoTr small enough to build, export and compile in seconds, as the zoo's unit tests shrink their networks by id
+SMALL_COTR = {
+    "network_def#blocks": [1, 1, 1],
+    "network_def#channels": [8, 16, 24, 24],
+    "network_def#d_model": 24,
+    "network_def#num_heads": 4,
+    "network_def#num_layers": 1,
+    "network_def#mlp_dim": 32,
+}
+
+
 def config_paths(*names: str) -> list[str]:
     return [os.path.join(CONFIGS, name) for name in names]
 

@@ -16,15 +16,10 @@ from monai.data import MetaTensor
 from scripts.engine.streaming import StreamingSegmentationInferer
 from scripts.networks import CoTr
 
-from .conftest import config_paths
+from .conftest import SMALL_COTR, config_paths
 
 TINY = {
-    "network_def#blocks": [1, 1, 1],
-    "network_def#channels": [8, 16, 24, 24],
-    "network_def#d_model": 24,
-    "network_def#num_heads": 4,
-    "network_def#num_layers": 1,
-    "network_def#mlp_dim": 32,
+    **SMALL_COTR,
     "num_classes": 3,
     "label_names": {"0": "background", "1": "liver", "2": "spleen"},
     "device": "$torch.device('cpu')",

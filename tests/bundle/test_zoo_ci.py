@@ -20,7 +20,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from .conftest import BUNDLE_ROOT, CONFIGS, config_paths, run_cli
+from .conftest import BUNDLE_ROOT, CONFIGS, SMALL_COTR, config_paths, run_cli
 
 META = os.path.join(CONFIGS, "metadata.json")
 LOGGING = os.path.join(CONFIGS, "logging.conf")
@@ -28,15 +28,7 @@ LOGGING = os.path.join(CONFIGS, "logging.conf")
 #: data terms of BTCV
 BUNDLE_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md", "docs/data_license.txt")
 
-#: a small CoTr, as the zoo's unit tests shrink their networks by id
-NETWORK = {
-    "network_def#blocks": [1, 1, 1],
-    "network_def#channels": [8, 16, 24, 24],
-    "network_def#d_model": 24,
-    "network_def#num_heads": 4,
-    "network_def#num_layers": 1,
-    "network_def#mlp_dim": 32,
-}
+NETWORK = SMALL_COTR
 SMALL = {
     **NETWORK,
     "patch_size": [32, 32, 16],

@@ -27,7 +27,6 @@ from scripts.engine.ensemble import (
     ensemble_network,
 )
 from scripts.engine.streaming import StreamingSegmentationInferer
-from tests.conftest import BUNDLE_ROOT
 from tests.reliability.conftest import config_paths, root_cause, run_bundle, workflow
 
 ROI = (16, 16, 12)
@@ -45,13 +44,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     """float64 softmax over axis 0."""
     e = np.exp(logits - logits.max(axis=0))
     return e / e.sum(axis=0)
-
-
-@pytest.fixture(scope="module")
-def config() -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(os.path.join(BUNDLE_ROOT, "configs", "inference.json"))
-    return parser
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, SaveIm
 from scripts.data.synthetic import make_phantom, phantom_to_nifti
 from scripts.engine.inferers import FlipTTA
 from scripts.engine.streaming import StreamingSegmentationInferer, _plan_chunks, scan_interval
-from tests.conftest import BUNDLE_ROOT
 
 ROI = (16, 16, 12)
 OVERLAP = 0.5
@@ -39,13 +38,6 @@ CASES = {
     "shorter than the window along Z": ("LPS", (30, 28, 8), SPACING),  # 7 slices at 3 mm < 12
     "long, 27 window rows along Z": ("LPS", (24, 20, 200), (0.8, 0.8, 2.5)),
 }
-
-
-@pytest.fixture(scope="module")
-def config() -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(os.path.join(BUNDLE_ROOT, "configs", "inference.json"))
-    return parser
 
 
 @pytest.fixture(scope="module")
