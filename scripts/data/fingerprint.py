@@ -14,7 +14,7 @@ From the labelled cases of a datalist (written by :mod:`scripts.data.prepare_dat
 - the patch size: the median image size at the target spacing, rounded down to a multiple of the network's
   total stride (the ``size_divisor`` of ``network_def`` in ``configs/train.json``), at least twice that stride and
   at most the paper's patch;
-- the classes: ``num_classes`` and ``label_names`` from the datalist.
+- the classes: ``label_names`` from the datalist (the configs derive ``num_classes`` from it).
 
 Per-case spacing, shape and intensity range come from MONAI's :class:`monai.apps.auto3dseg.DataAnalyzer`
 (images in RAS orientation, the axis order of the training transforms). The foreground statistics are pooled
@@ -262,7 +262,6 @@ def fingerprint(
     overlay: dict[str, Any] = {
         "dataset_dir": base,
         "data_list_file_path": datalist,
-        "num_classes": len(label_names),
         "label_names": names_by_value,
         "merged_label_map": list(range(len(label_names))),
         "merged_label_names": names_by_value,
