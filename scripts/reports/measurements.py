@@ -30,6 +30,7 @@ __all__ = [
     "touched_borders",
     "organ_measurements",
     "write_rows_csv",
+    "read_case_tables",
     "write_measurement_summary",
     "SaveMeasurementsd",
 ]
@@ -161,20 +162,35 @@ def write_rows_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
     return write_csv_atomic(path, [MEASUREMENT_COLUMNS] + [[row[c] for c in MEASUREMENT_COLUMNS] for row in rows])
 
 
-def write_measurement_summary(output_dir: str) -> str:
+def _read_case_table(path: str) -> list[list[str]] | None:
+    """The data rows of a per-case measurement CSV; None (with a warning naming it) when its columns are others."""
+    with open(path, newline="") as f:
+        table = list(csv.reader(f))
+    if not table or tuple(table[0]) != MEASUREMENT_COLUMNS:
+        logger.warning("%s: not in the summary, its columns are not %s", path, ", ".join(MEASUREMENT_COLUMNS))
+        return None
+    return table[1:]
+
+
+def read_case_tables(output_dir: str) -> dict[str, list[list[str]]]:
+    """Per-case file name -> data rows, of every ``<case>_measurements.csv`` in ``output_dir`` with our columns."""
+    tables = {}
+    for path in glob.glob(os.path.join(glob.escape(output_dir), "*" + CASE_SUFFIX)):
+        table = _read_case_table(path)
+        if table is not None:
+            tables[os.path.basename(path)] = table
+    return tables
+
+
+def write_measurement_summary(output_dir: str, tables: Mapping[str, list[list[str]]] | None = None) -> str:
     """
     Rebuild ``output_dir/measurements_summary.csv`` from every ``<case>_measurements.csv`` there, in case order, so
     that it covers the cases of every process of a sharded run and of the runs a ``--skip_existing`` run continues.
-    A per-case file with other columns (another bundle version) is left out with a warning naming it.
+    A per-case file with other columns (another bundle version) is left out with a warning naming it. ``tables``
+    (:func:`read_case_tables`, kept up to date by the caller) spares reading the folder again.
     """
-    rows = [MEASUREMENT_COLUMNS]
-    for path in sorted(glob.glob(os.path.join(glob.escape(output_dir), "*" + CASE_SUFFIX))):
-        with open(path, newline="") as f:
-            table = list(csv.reader(f))
-        if not table or tuple(table[0]) != MEASUREMENT_COLUMNS:
-            logger.warning("%s: not in the summary, its columns are not %s", path, ", ".join(MEASUREMENT_COLUMNS))
-            continue
-        rows += table[1:]
+    tables = read_case_tables(output_dir) if tables is None else tables
+    rows = [MEASUREMENT_COLUMNS] + [row for name in sorted(tables) for row in tables[name]]
     return write_csv_atomic(os.path.join(output_dir, SUMMARY_FILE), rows)
 
 
@@ -192,9 +208,14 @@ class SaveMeasurementsd(SavedSegmentationTransform):
         if not min_organ_ml >= 0:
             raise ValueError(f"min_organ_ml must be a number of mL >= 0, got {min_organ_ml!r}.")
         self.min_organ_ml = float(min_organ_ml)
+        self._tables: dict[str, list[list[str]]] | None = None  # the folder's per-case files, read once
 
     def write_case(self, case: str, source: str, segmentation: str) -> None:
         rows = organ_measurements(source, segmentation, self.label_names, self.min_organ_ml)
         rows = [{**row, "case": case} for row in rows]
-        write_rows_csv(rows, os.path.join(self.output_dir, case + CASE_SUFFIX))
-        write_measurement_summary(self.output_dir)
+        path = write_rows_csv(rows, os.path.join(self.output_dir, case + CASE_SUFFIX))
+        if self._tables is None:  # the first case: the files earlier runs (or other processes so far) wrote
+            self._tables = read_case_tables(self.output_dir)
+        else:  # one file read per case, not the whole folder: a cohort's summary stays linear in its cases
+            self._tables[os.path.basename(path)] = _read_case_table(path) or []
+        write_measurement_summary(self.output_dir, self._tables)

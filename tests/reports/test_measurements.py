@@ -194,3 +194,19 @@ def test_summary_is_rebuilt_from_every_case_file_in_the_folder(tmp_path, caplog)
         summary = list(csv.DictReader(f))
     assert summary == [rows["a"], rows["b"]]
     assert "old_measurements.csv" in caplog.text
+
+
+def test_transform_summary_covers_an_earlier_run_and_every_case_of_this_one(tmp_path):
+    _case(tmp_path)
+    (tmp_path / "img0002_seg.nii.gz").write_bytes((tmp_path / "img0001_seg.nii.gz").read_bytes())
+    output = tmp_path / "out"
+    earlier = {c: f"earlier-{c}" for c in MEASUREMENT_COLUMNS}
+    write_rows_csv([earlier], str(output / "img0000_measurements.csv"))  # a continued run's finished case
+    transform = SaveMeasurementsd("image", output_dir=str(output), seg_dir=str(tmp_path), label_names=NAMES)
+    for case in ("img0002", "img0001"):
+        image = MetaTensor(torch.zeros(1, 20, 16, 6), meta={"filename_or_obj": str(tmp_path / "img0001.nii.gz")})
+        transform({"image": image, "case": case})
+    with open(output / "measurements_summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [r["case"] for r in summary] == ["earlier-case"] + ["img0001"] * 3 + ["img0002"] * 3
+    assert summary[0] == earlier
