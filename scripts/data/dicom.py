@@ -46,6 +46,8 @@ __all__ = [
     "resolve_series",
     "read_series",
     "read_series_reference",
+    "header_floats",
+    "LPS_TO_RAS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,8 @@ _GEOMETRY_TAGS = {"Rows": 1, "Columns": 1, "PixelSpacing": 2, "ImageOrientationP
 _UNIFORM_TAGS = {"Rows": 0.0, "Columns": 0.0, "PixelSpacing": PIXEL_SPACING_TOLERANCE_MM,
                  "ImageOrientationPatient": ORIENTATION_TOLERANCE}  # fmt: skip
 #: DICOM patient coordinates are LPS, MONAI's are RAS
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: DICOM patient coordinates (LPS) to RAS
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class DicomSeriesError(ValueError):
@@ -121,7 +124,7 @@ def is_dicom_file(path: str) -> bool:
         return False
 
 
-def _floats(ds: Dataset, keyword: str) -> np.ndarray | None:
+def header_floats(ds: Dataset, keyword: str) -> np.ndarray | None:
     """The numeric value(s) of ``keyword`` as a flat float array; None when missing, empty or not numbers."""
     value = ds.get(keyword)
     if value is None or value == "":
@@ -169,7 +172,7 @@ def _read_header(path: str) -> tuple[Dataset | None, str, list[str]]:
 
 
 def _normal(ds: Dataset) -> np.ndarray | None:
-    iop = _floats(ds, "ImageOrientationPatient")
+    iop = header_floats(ds, "ImageOrientationPatient")
     return None if iop is None or iop.size != 6 else np.cross(iop[:3], iop[3:])
 
 
@@ -188,7 +191,7 @@ def _check_series(series: DicomSeries, headers: list[Dataset]) -> None:
             "export the series as one file per slice"
         )
         return
-    values = {keyword: [_floats(ds, keyword) for ds in headers] for keyword in _GEOMETRY_TAGS}
+    values = {keyword: [header_floats(ds, keyword) for ds in headers] for keyword in _GEOMETRY_TAGS}
     for keyword, size in _GEOMETRY_TAGS.items():
         bad = [p for p, v in zip(series.files, values[keyword]) if v is None or v.size != size]
         if bad:
@@ -275,7 +278,7 @@ def _check_series(series: DicomSeries, headers: list[Dataset]) -> None:
     if series.problems:
         return
 
-    thickness = _floats(headers[0], "SliceThickness")
+    thickness = header_floats(headers[0], "SliceThickness")
     if thickness is not None and abs(thickness[0] - step) > tolerance:
         series.warnings.append(
             f"{where}: SliceThickness {thickness[0]:g} mm differs from the {step:g} mm step between slice positions "
@@ -291,7 +294,7 @@ def _check_series(series: DicomSeries, headers: list[Dataset]) -> None:
     lps = np.eye(4)
     lps[:3, :3] = np.stack([row, column, normal], axis=1) * spacing
     lps[:3, 3] = positions[0]
-    series.shape, series.spacing, series.affine = (columns, rows, n), spacing, _LPS_TO_RAS @ lps
+    series.shape, series.spacing, series.affine = (columns, rows, n), spacing, LPS_TO_RAS @ lps
 
 
 def _series_number(ds: Dataset) -> int | None:
@@ -434,7 +437,7 @@ def read_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
             logger.warning(f"{path}: pydicom: {warning.message}")
         if pixels.shape != (rows, columns):
             raise DicomSeriesError([f"{path}: pixel data of shape {pixels.shape}, Rows x Columns is {(rows, columns)}"])
-        slope, intercept = _floats(ds, "RescaleSlope"), _floats(ds, "RescaleIntercept")
+        slope, intercept = header_floats(ds, "RescaleSlope"), header_floats(ds, "RescaleIntercept")
         volume[:, :, k] = pixels.T * (1.0 if slope is None else slope[0]) + (0.0 if intercept is None else intercept[0])
     return volume, series.affine.copy()
 

@@ -38,7 +38,7 @@ from monai.transforms import MapTransform
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from scripts.data.dicom import _LPS_TO_RAS, DicomSeries, resolve_series
+from scripts.data.dicom import LPS_TO_RAS, DicomSeries, header_floats, resolve_series
 from scripts.engine.atomic import atomic_output
 from scripts.engine.infer_folder import is_nifti, item_case_name, output_path
 from scripts.reports.overlays import organ_colour, organ_name
@@ -130,8 +130,8 @@ def bundle_version(metadata_file: str = _METADATA) -> str:
 
 
 def _floats(ds: Dataset, keyword: str, path: str, size: int) -> np.ndarray:
-    value = np.asarray(ds.get(keyword, []), dtype=float).ravel()
-    if value.size != size:
+    value = header_floats(ds, keyword)
+    if value is None or value.size != size:
         raise ValueError(f"{path}: {keyword} missing or not {size} numbers: cannot place its frame")
     return value
 
@@ -161,7 +161,7 @@ def frame_grid(ds: Dataset, affine: np.ndarray, path: str = "source file") -> tu
     patient[:3, 0] = orientation[3:] * pixel_spacing[0]
     patient[:3, 1] = orientation[:3] * pixel_spacing[1]
     patient[:3, 3] = position
-    pixel_to_voxel = np.linalg.solve(np.asarray(affine, dtype=float), _LPS_TO_RAS @ patient)
+    pixel_to_voxel = np.linalg.solve(np.asarray(affine, dtype=float), LPS_TO_RAS @ patient)
     origin, row_step, column_step = pixel_to_voxel[:3, 3], pixel_to_voxel[:3, 0], pixel_to_voxel[:3, 1]
     grid = [np.rint(v) for v in (origin, row_step, column_step)]
     # the map is affine: the farthest pixel from the grid is a corner, at most this far off along each axis
@@ -500,7 +500,7 @@ def _write_ct_series(hu: np.ndarray, affine: np.ndarray, folder: str) -> None:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     os.makedirs(folder, exist_ok=True)
