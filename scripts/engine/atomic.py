@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import tempfile
@@ -10,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["atomic_output", "write_json_atomic", "write_csv_atomic"]
+__all__ = ["atomic_output", "stale_temporaries", "write_json_atomic", "write_csv_atomic"]
 
 
 @contextmanager
@@ -39,6 +40,12 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """The temporary files :func:`atomic_output` left for ``path`` when its process was killed while writing."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    return glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*tmp*"))
 
 
 def write_json_atomic(data: Any, path: str, overwrite: bool = False, indent: int = 4) -> str:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import glob
 import logging
 import os
 import shutil
@@ -53,7 +52,7 @@ import torch
 from monai.data import MetaTensor, NibabelWriter
 
 from scripts.data.checks import check_image_label_pair, check_image_values
-from scripts.engine.atomic import atomic_output
+from scripts.engine.atomic import atomic_output, stale_temporaries
 
 __all__ = [
     "InferenceInputs",
@@ -238,12 +237,6 @@ def shard_cases(costs: Sequence[float], world_size: int) -> list[list[int]]:
         shards[rank].append(index)
         loads[rank] += costs[index]
     return [sorted(shard) for shard in shards]
-
-
-def _stale_temporaries(path: str) -> list[str]:
-    """Temporary files that :func:`scripts.engine.atomic.atomic_output` left for ``path`` when its run was killed."""
-    folder, name = os.path.split(path)
-    return glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*tmp*"))
 
 
 class InferenceInputs:
@@ -583,7 +576,7 @@ class InferenceInputs:
         """
         if self.skip_existing:
             for path in (p for c in self.cases for p in self.expected_files(c)):
-                for temporary in _stale_temporaries(path):
+                for temporary in stale_temporaries(path):
                     with contextlib.suppress(FileNotFoundError):  # another rank removed it first
                         os.remove(temporary)
         seen = [[os.path.exists(p) for p in self.expected_files(c)] for c in self.cases]
